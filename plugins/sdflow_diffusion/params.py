@@ -1,0 +1,78 @@
+"""The parameters of the built-in diffusion stages, as pydantic models.
+
+These are what ``sdflow check`` validates a recipe's literal arguments
+against, and what ``sdflow stages`` documents.  Names and defaults follow
+ComfyUI's nodes, so that a workflow carries over with the same numbers.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# ComfyUI's sampler names that a diffusers scheduler serves (see DESIGN.md).
+SAMPLERS = (
+    "euler",
+    "euler_ancestral",
+    "heun",
+    "dpm_2",
+    "dpm_2_ancestral",
+    "lms",
+    "dpmpp_2m",
+    "dpmpp_2m_sde",
+    "dpmpp_sde",
+    "ddim",
+    "ddpm",
+    "uni_pc",
+    "lcm",
+)
+SCHEDULERS = ("normal", "karras", "exponential", "beta", "sgm_uniform", "simple")
+
+Sampler = Literal[SAMPLERS]  # type: ignore[valid-type]
+Scheduler = Literal[SCHEDULERS]  # type: ignore[valid-type]
+
+MAX_SEED = 2**64 - 1
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LoadCheckpoint(_Params):
+    name: str = Field(
+        min_length=1,
+        description="checkpoint file: a name looked up in models/checkpoints, or a path",
+    )
+
+
+class ClipTextEncode(_Params):
+    text: str = Field(description="the prompt; longer than 77 tokens is encoded in chunks")
+
+
+class EmptyLatent(_Params):
+    width: int = Field(512, ge=16, le=16384, multiple_of=8, description="image width in pixels")
+    height: int = Field(512, ge=16, le=16384, multiple_of=8, description="image height in pixels")
+    batch: int = Field(1, ge=1, le=4096, description="images drawn at once")
+
+
+class Sample(_Params):
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="initial noise seed; image i uses seed + i")
+    steps: int = Field(20, ge=1, le=10000, description="denoising steps")
+    cfg: float = Field(8.0, ge=0.0, le=100.0, description="classifier-free guidance scale")
+    sampler: Sampler = Field("euler", description="sampling method, by ComfyUI's name")
+    scheduler: Scheduler = Field("normal", description="noise schedule, by ComfyUI's name")
+    denoise: float = Field(1.0, ge=0.0, le=1.0, description="share of the schedule to run")
+
+
+class VaeDecode(_Params):
+    pass
+
+
+class SaveImage(_Params):
+    prefix: str = Field(
+        "sdflow",
+        min_length=1,
+        pattern=r"^[^\x00]*$",
+        description="file name prefix inside the output folder; a counter follows",
+    )

@@ -1,0 +1,208 @@
+"""The ``sdflow`` command: check, fmt, stages, plugins, graph.
+
+Exit codes: 0 when clean (warnings allowed), 1 when a recipe has errors or
+is not formatted (``fmt --check``), 2 for a mistake on the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from sdflow import __version__
+from sdflow.diagnostics import did_you_mean, print_diagnostics
+
+EXIT_OK, EXIT_DIAGNOSTICS, EXIT_USAGE = 0, 1, 2
+
+
+class _Usage(Exception):
+    pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return args.handler(args)
+    except _Usage as err:
+        print(f"sdflow: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sdflow", description="Stable Diffusion pipelines as recipes.")
+    parser.add_argument("--version", action="version", version=f"sdflow {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    check = sub.add_parser("check", help="check recipes without running them")
+    check.add_argument("files", nargs="+", metavar="FILE")
+    _add_set(check)
+    check.add_argument("--strict", action="store_true", help="treat warnings as errors")
+    check.set_defaults(handler=_cmd_check)
+
+    fmt = sub.add_parser("fmt", help="rewrite recipes in the canonical layout")
+    fmt.add_argument("files", nargs="+", metavar="FILE")
+    fmt.add_argument("--check", action="store_true", help="change nothing; exit 1 if a file would change")
+    fmt.set_defaults(handler=_cmd_fmt)
+
+    stages = sub.add_parser("stages", help="list stage types, or describe one")
+    stages.add_argument("name", nargs="?")
+    stages.set_defaults(handler=_cmd_stages)
+
+    plugins = sub.add_parser("plugins", help="list plugins, their versions and what they add")
+    plugins.set_defaults(handler=_cmd_plugins)
+
+    graph = sub.add_parser("graph", help="print a recipe's stage graph")
+    graph.add_argument("file", metavar="FILE")
+    graph.add_argument("--format", choices=("dot", "mermaid"), default="dot")
+    _add_set(graph)
+    graph.set_defaults(handler=_cmd_graph)
+    return parser
+
+
+def _add_set(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="override a param of the recipe (repeatable)")
+
+
+def _overrides(pairs: list[str]) -> dict[str, str]:
+    overrides = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise _Usage(f"--set {pair}: write --set name=value")
+        overrides[name.strip()] = value
+    return overrides
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise _Usage(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise _Usage(f"{path}: is a folder, not a recipe") from None
+    except UnicodeDecodeError as err:
+        raise _Usage(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise _Usage(f"{path}: {err.strerror}") from None
+
+
+def _registry():
+    from sdflow.registry import default_registry
+
+    registry = default_registry()
+    for problem in registry.problems:
+        print(f"sdflow: warning: {problem}", file=sys.stderr)
+    return registry
+
+
+def _check_file(path: str, registry, overrides):
+    from sdflow.graph import UsageError, check_source
+
+    source = _read(path)
+    try:
+        recipe, graph, diagnostics = check_source(source, path, registry, overrides)
+    except UsageError as err:
+        raise _Usage(str(err)) from None
+    return source, recipe, graph, diagnostics
+
+
+def _cmd_check(args) -> int:
+    registry = _registry()
+    overrides = _overrides(args.set)
+    status = EXIT_OK
+    for path in args.files:
+        source, _recipe, graph, diagnostics = _check_file(path, registry, overrides)
+        print_diagnostics(diagnostics, {path: source}, sys.stderr)
+        failed = graph is None or (args.strict and diagnostics)
+        if failed:
+            status = EXIT_DIAGNOSTICS
+        elif not diagnostics:
+            print(f"{path}: ok", file=sys.stderr)
+    return status
+
+
+def _cmd_fmt(args) -> int:
+    from sdflow.format import format_recipe
+    from sdflow.parse import parse
+
+    status = EXIT_OK
+    for path in args.files:
+        source = _read(path)
+        recipe, diagnostics = parse(source, path)
+        if diagnostics:
+            print_diagnostics(diagnostics, {path: source}, sys.stderr)
+            status = EXIT_DIAGNOSTICS
+            continue
+        formatted = format_recipe(recipe)
+        if formatted == source:
+            continue
+        if args.check:
+            print(f"{path}: would reformat", file=sys.stderr)
+            status = EXIT_DIAGNOSTICS
+        else:
+            _write_atomic(Path(path), formatted)
+            print(f"{path}: reformatted", file=sys.stderr)
+    return status
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Replace a file's text in one step: a crash leaves the old or the new."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:
+            out.write(text)
+        if path.exists():
+            os.chmod(tmp, path.stat().st_mode & 0o7777)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _cmd_stages(args) -> int:
+    from sdflow.describe import stage_detail, stage_summary
+
+    registry = _registry()
+    if args.name is None:
+        print(stage_summary(registry))
+        return EXIT_OK
+    spec = registry.stages.get(args.name)
+    if spec is None:
+        hint = did_you_mean(args.name, registry.stages) or "run 'sdflow stages' to list them"
+        raise _Usage(f"unknown stage type '{args.name}'; {hint}")
+    print(stage_detail(spec))
+    return EXIT_OK
+
+
+def _cmd_plugins(args) -> int:
+    from sdflow.describe import plugin_table
+    from sdflow.registry import default_registry
+
+    print(plugin_table(default_registry()))
+    return EXIT_OK
+
+
+def _cmd_graph(args) -> int:
+    from sdflow.export import to_dot, to_mermaid
+
+    registry = _registry()
+    source, _recipe, graph, diagnostics = _check_file(args.file, registry, _overrides(args.set))
+    print_diagnostics(diagnostics, {args.file: source}, sys.stderr)
+    if graph is None:
+        return EXIT_DIAGNOSTICS
+    print(to_dot(graph) if args.format == "dot" else to_mermaid(graph), end="")
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

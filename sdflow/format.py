@@ -1,0 +1,148 @@
+"""Syntax tree -> canonical text, the layout ``sdflow fmt`` writes.
+
+One layout for every recipe, chosen for diffs: a call stays on one line
+while it fits in 88 columns; otherwise, or when it ends with a trailing
+comma (the user's way to ask), each argument gets a line of its own and a
+trailing comma, so that changing one argument changes one line.  Names are
+not aligned (a longer name would re-indent its neighbours).  Comments stay
+where they were, blank lines between statements are kept (at most one), and
+one blank line follows the version header.  Formatting is idempotent, and
+its output parses to the same tree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sdflow import ast
+
+WIDTH = 88
+INDENT = "    "
+
+
+@dataclass
+class _Comments:
+    """The comments that belong to one statement."""
+
+    leading: list[ast.Comment] = field(default_factory=list)
+    trailing: ast.Comment | None = None
+    per_arg: dict[int, list[ast.Comment]] = field(default_factory=dict)
+    arg_trailing: dict[int, ast.Comment] = field(default_factory=dict)
+    closing: list[ast.Comment] = field(default_factory=list)
+
+    @property
+    def inside(self) -> bool:
+        return bool(self.per_arg or self.arg_trailing or self.closing)
+
+
+def format_recipe(recipe: ast.Recipe) -> str:
+    """The canonical text of a recipe that parsed without errors."""
+    statements = list(recipe.statements)
+    owned, before, tail = _attach_comments(recipe, statements)
+    out: list[str] = []
+    previous_end = 0
+    for index, statement in enumerate(statements):
+        comments = owned[index]
+        for comment in before[index]:
+            _blank_if(out, previous_end and comment.span.line - previous_end > 1)
+            out.append(comment.text.rstrip())
+            previous_end = comment.span.end_line
+        gap = statement.span.line - previous_end > 1
+        after_header = index > 0 and isinstance(statements[index - 1], ast.Header) and not before[index]
+        _blank_if(out, previous_end and (gap or after_header))
+        out.extend(_statement_lines(statement, comments))
+        previous_end = statement.span.end_line
+    for comment in tail:
+        _blank_if(out, previous_end and comment.span.line - previous_end > 1)
+        out.append(comment.text.rstrip())
+        previous_end = comment.span.end_line
+    return "\n".join(out) + "\n" if out else ""
+
+
+def _blank_if(out: list[str], condition) -> None:
+    if condition and out and out[-1] != "":
+        out.append("")
+
+
+def _attach_comments(recipe, statements):
+    """Give every comment an owner: the statement before which it stands on
+    a line of its own, the statement or argument it trails, or the end."""
+    owned = [_Comments() for _ in statements]
+    before: list[list[ast.Comment]] = [[] for _ in statements]
+    tail: list[ast.Comment] = []
+    index = 0
+    for comment in recipe.comments:
+        line = comment.span.line
+        while index < len(statements) and statements[index].span.end_line < line:
+            index += 1
+        if index < len(statements) and statements[index].span.line <= line:
+            _attach_inside(statements[index], owned[index], comment)
+        elif index < len(statements):
+            before[index].append(comment)
+        else:
+            tail.append(comment)
+    return owned, before, tail
+
+
+def _attach_inside(statement: ast.Statement, owned: _Comments, comment: ast.Comment) -> None:
+    line = comment.span.line
+    if line == statement.span.end_line and comment.span.column >= statement.span.end_column:
+        owned.trailing = comment
+        return
+    args = statement.args if isinstance(statement, ast.Stage) else ()
+    for i, arg in enumerate(args):
+        if line < arg.span.line:
+            owned.per_arg.setdefault(i, []).append(comment)
+            return
+        if line <= arg.span.end_line:
+            if line == arg.span.end_line and comment.span.column >= arg.span.end_column:
+                if i + 1 < len(args) and args[i + 1].span.line == line:
+                    continue  # it trails a later argument on the same line
+                owned.arg_trailing[i] = comment
+            else:  # inside a value over several lines: keep it before the argument
+                owned.per_arg.setdefault(i, []).append(comment)
+            return
+    owned.closing.append(comment)
+
+
+def _statement_lines(statement: ast.Statement, comments: _Comments) -> list[str]:
+    trailing = f"  {comments.trailing.text.rstrip()}" if comments.trailing else ""
+    if isinstance(statement, ast.Header):
+        return [f"{statement.keyword} {statement.version}{trailing}"]
+    if isinstance(statement, ast.Param):
+        return _with_trailing(f"param {statement.name} = {_value(statement.default, 0)}", trailing)
+    head = f"{statement.name} = {statement.stage_type}(" if statement.name else f"{statement.stage_type}("
+    args = [f"{a.name}={_value(a.value, 1)}" for a in statement.args]
+    one_line = head + ", ".join(args) + ")"
+    fits = len(one_line) <= WIDTH and "\n" not in one_line
+    if fits and not statement.trailing_comma and not comments.inside:
+        return _with_trailing(one_line, trailing)
+    if not args and not comments.closing:
+        return _with_trailing(one_line, trailing)
+    lines = [head]
+    for i, (arg, text) in enumerate(zip(statement.args, args)):
+        for comment in comments.per_arg.get(i, []):
+            lines.append(INDENT + comment.text.rstrip())
+        after = comments.arg_trailing.get(i)
+        lines.append(INDENT + text + "," + (f"  {after.text.rstrip()}" if after else ""))
+    for comment in comments.closing:
+        lines.append(INDENT + comment.text.rstrip())
+    lines.append(")" + trailing)
+    return lines
+
+
+def _with_trailing(text: str, trailing: str) -> list[str]:
+    return (text + trailing).split("\n")
+
+
+def _value(value: ast.Value, depth: int) -> str:
+    if isinstance(value, ast.Literal):
+        return value.text.lstrip("+")
+    if isinstance(value, ast.Ref):
+        return str(value)
+    items = [_value(item, depth + 1) for item in value.items]
+    flat = "[" + ", ".join(items) + "]"
+    if not value.trailing_comma or not items:
+        return flat
+    pad = INDENT * (depth + 1)
+    return "[\n" + "".join(f"{pad}{item},\n" for item in items) + INDENT * depth + "]"

@@ -1,0 +1,48 @@
+"""The hooks a plugin implements.  Every hook is named ``sdflow_*``.
+
+A plugin is a module (or object) with functions marked ``@hookimpl``::
+
+    from sdflow import hookimpl
+
+    @hookimpl
+    def sdflow_stage_types(registry):
+        registry.add_stage(...)
+
+and is found through the ``sdflow`` entry-point group of its distribution.
+The built-in diffusion stages are registered exactly this way.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from sdflow.registry import PluginRegistry
+
+PROJECT = "sdflow"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def sdflow_port_types(registry: PluginRegistry) -> None:
+    """Add the port types this plugin defines, with ``registry.add_port_type``.
+
+    Called once per plugin when the registry is built, for every plugin
+    before any ``sdflow_stage_types``, so a stage may use a port type that
+    another plugin defines.  Returns nothing: it adds to ``registry``.
+    """
+
+
+@hookspec
+def sdflow_stage_types(registry: PluginRegistry) -> None:
+    """Add the stage types this plugin defines, with ``registry.add_stage``.
+
+    Called once per plugin when the registry is built, after every plugin's
+    ``sdflow_port_types``.  Must not import heavy libraries (torch,
+    diffusers): checking a recipe never does.  Returns nothing: it adds to
+    ``registry``.
+    """

@@ -1,0 +1,484 @@
+"""Text -> :class:`sdflow.ast.Recipe`, with every syntax error as a diagnostic.
+
+The grammar (``grammar/sdflow.lark``) is loaded once, as an LALR parser with
+a basic lexer, so that the whole text can be lexed up front.  The token stream
+is then cut into statements at line breaks outside brackets, and fed to the
+parser statement by statement: a statement that fails to parse is reported
+and skipped, and parsing goes on with the next one, so that one run shows
+every syntax error of a recipe.
+"""
+
+from __future__ import annotations
+
+import re
+import textwrap
+import threading
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterator
+
+from lark import Lark, Token, Transformer
+from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken, VisitError
+from lark.utils import TextSlice
+
+from sdflow import ast
+from sdflow.diagnostics import Diagnostic
+
+_OPEN = {"LPAR": "RPAR", "LSQB": "RSQB"}
+_CLOSE = {"RPAR", "RSQB"}
+_BAD = "_BAD"
+
+_TOKEN_WORDS = {
+    "NAME": "a name",
+    "INT": "an integer",
+    "FLOAT": "a number",
+    "STRING": "a string",
+    "LONG_STRING": "a string",
+    "TRUE": "'true'",
+    "FALSE": "'false'",
+    "PARAM": "'param'",
+    "EQUAL": "'='",
+    "COMMA": "','",
+    "DOT": "'.'",
+    "LPAR": "'('",
+    "RPAR": "')'",
+    "LSQB": "'['",
+    "RSQB": "']'",
+    "_NL": "end of line",
+    "$END": "end of file",
+}
+_VALUE_TOKENS = {"INT", "FLOAT", "STRING", "LONG_STRING", "TRUE", "FALSE", "LSQB"}
+
+
+def grammar_path() -> Path:
+    """The grammar file: inside the installed package, or in the source tree."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "grammar" / "sdflow.lark", here.parent / "grammar" / "sdflow.lark"):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError("sdflow.lark not found beside the sdflow package")
+
+
+class _Builder(Transformer):
+    """Builds AST nodes as the LALR parser reduces rules.
+
+    Statements are appended to ``statements`` as they are reduced, so that the
+    statements before a syntax error survive it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.file = "<recipe>"
+        self.statements: list[ast.Statement] = []
+        self.comments: list[ast.Comment] = []
+
+    def span(self, first: Token, last: Token | None = None) -> ast.Span:
+        last = last or first
+        return ast.Span(self.file, first.line, first.column, last.end_line, last.end_column)
+
+    # statements ---------------------------------------------------------
+    def recipe(self, _children):
+        return None
+
+    def header(self, children):
+        keyword, version = children
+        span = self.span(keyword, version)
+        node = ast.Header(
+            str(keyword), int(version), span, self.span(keyword), self.span(version)
+        )
+        self.statements.append(node)
+        return node
+
+    def param(self, children):
+        keyword, name, _eq, value = children
+        node = ast.Param(str(name), value, self.span(keyword).to(value.span), self.span(name))
+        self.statements.append(node)
+        return node
+
+    def stage(self, children):
+        children = [c for c in children if c is not None]
+        named = isinstance(children[1], Token) and children[1].type == "EQUAL"
+        type_token = children[2] if named else children[0]
+        close = children[-1]
+        args = tuple(c for c in children if isinstance(c, ast.Arg))
+        before_close = children[-2]
+        node = ast.Stage(
+            name=str(children[0]) if named else None,
+            stage_type=str(type_token),
+            args=args,
+            span=self.span(children[0], close),
+            name_span=self.span(children[0]) if named else None,
+            type_span=self.span(type_token),
+            trailing_comma=isinstance(before_close, Token) and before_close.type == "COMMA",
+        )
+        self.statements.append(node)
+        return node
+
+    def arg(self, children):
+        name, _eq, value = children
+        return ast.Arg(str(name), value, self.span(name).to(value.span), self.span(name))
+
+    # values ---------------------------------------------------------------
+    def int(self, children):
+        (tok,) = children
+        return ast.Literal(int(tok), str(tok), self.span(tok))
+
+    def float(self, children):
+        (tok,) = children
+        return ast.Literal(float(tok), str(tok), self.span(tok))
+
+    def string(self, children):
+        (tok,) = children
+        return ast.Literal(unescape(tok[1:-1]), str(tok), self.span(tok))
+
+    def long_string(self, children):
+        (tok,) = children
+        return ast.Literal(long_string_value(tok), str(tok), self.span(tok))
+
+    def true(self, children):
+        return ast.Literal(True, "true", self.span(children[0]))
+
+    def false(self, children):
+        return ast.Literal(False, "false", self.span(children[0]))
+
+    def list(self, children):
+        children = [c for c in children if c is not None]
+        items = tuple(c for c in children if not isinstance(c, Token))
+        before_close = children[-2]
+        trailing = isinstance(before_close, Token) and before_close.type == "COMMA"
+        return ast.ListValue(items, self.span(children[0], children[-1]), trailing)
+
+    def ref(self, children):
+        name = children[0]
+        port = children[2] if len(children) == 3 else None
+        return ast.Ref(
+            str(name),
+            str(port) if port is not None else None,
+            self.span(name, port),
+            self.span(name),
+            self.span(port) if port is not None else None,
+        )
+
+
+_ESCAPES = {"n": "\n", "t": "\t", '"': '"', "\\": "\\"}
+
+
+def unescape(body: str) -> str:
+    """The value of a one-line string's body: ``\\n``, ``\\t``, ``\\"``, ``\\\\``."""
+    if "\\" not in body:
+        return body
+    return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(0)), body)
+
+
+def long_string_value(raw: str) -> str:
+    """The value of a triple-quoted string.
+
+    The text between the quotes, less the line break right after the opening
+    quotes and the blank line before the closing ones, and less the
+    indentation its lines share, so a prompt can be indented with its recipe.
+    """
+    body = raw[3:-3]
+    if body.startswith("\n"):
+        body = body[1:]
+    body = textwrap.dedent(body)
+    if body.endswith("\n"):
+        body = body[:-1]
+    return body
+
+
+class _Parser:
+    """The loaded grammar, and the state of one parse (guarded by a lock)."""
+
+    def __init__(self) -> None:
+        self.builder = _Builder()
+        self.lock = threading.Lock()
+        self.lark = Lark(
+            grammar_path().read_text(encoding="utf-8"),
+            parser="lalr",
+            lexer="basic",
+            start="recipe",
+            transformer=self.builder,
+            lexer_callbacks={"COMMENT": self._comment},
+            maybe_placeholders=True,
+            cache=True,
+        )
+
+    def _comment(self, tok: Token) -> Token:
+        self.builder.comments.append(ast.Comment(str(tok), self.builder.span(tok)))
+        return tok
+
+
+@lru_cache(maxsize=1)
+def _parser() -> _Parser:
+    return _Parser()
+
+
+def parse(source: str, file: str = "<recipe>") -> tuple[ast.Recipe, list[Diagnostic]]:
+    """Parse a recipe's text: its syntax tree and its syntax errors.
+
+    The tree holds every statement that parsed; ``broken_names`` holds the
+    names that the statements which did not would have defined.
+    """
+    source = source.replace("\r\n", "\n").replace("\r", "\n")
+    parser = _parser()
+    with parser.lock:
+        builder = parser.builder
+        builder.file, builder.statements, builder.comments = file, [], []
+        diagnostics: list[Diagnostic] = []
+        broken: set[str] = set()
+        try:
+            _parse_statements(parser.lark, builder, source, diagnostics, broken)
+        except VisitError as err:  # an AST constructor failed: a bug, shown plainly
+            raise err.orig_exc from None
+        recipe = ast.Recipe(
+            file, source, tuple(builder.statements), tuple(builder.comments), frozenset(broken)
+        )
+    return recipe, diagnostics
+
+
+def _parse_statements(lark, builder, source, diagnostics, broken) -> None:
+    interactive = None
+    last = None
+    for chunk, unclosed in _statements(_lex(lark, source, builder, diagnostics)):
+        last = chunk[-1]
+        if unclosed is not None:
+            closer = "')'" if unclosed.type == "LPAR" else "']'"
+            diagnostics.append(
+                Diagnostic(
+                    "E103",
+                    f"'{unclosed}' was never closed",
+                    builder.span(unclosed),
+                    f"add {closer} to close it",
+                )
+            )
+        if unclosed is not None or any(t.type == _BAD for t in chunk):
+            _note_broken(chunk, broken)
+            interactive = None
+            continue
+        mark = len(builder.statements)
+        interactive = interactive or lark.parse_interactive(start="recipe")
+        try:
+            for i, tok in enumerate(chunk):
+                interactive.feed_token(tok)
+        except UnexpectedToken as err:
+            del builder.statements[mark:]
+            expected = _accepted(interactive, err)
+            diagnostics.append(_syntax_error(err, expected, chunk, i, builder))
+            _note_broken(chunk, broken)
+            interactive = None
+    if interactive is not None:
+        interactive.feed_eof(last)
+
+
+def _lex(lark: Lark, source: str, builder: _Builder, diagnostics: list) -> Iterator[Token]:
+    """All tokens of the source; a bad character becomes a ``_BAD`` token
+    (and a diagnostic), and lexing goes on at the next line."""
+    start = 0
+    while True:
+        try:
+            yield from lark.lex(TextSlice(source, start, len(source)))
+            return
+        except UnexpectedCharacters as err:
+            diagnostics.append(_lexer_error(err, source, builder))
+            yield Token(_BAD, "", err.pos_in_stream, err.line, err.column)
+            newline = source.find("\n", err.pos_in_stream)
+            if newline < 0:
+                return
+            yield Token("_NL", "\n", newline, err.line, newline - source.rfind("\n", 0, newline))
+            start = newline + 1
+
+
+def _statements(tokens: Iterator[Token]) -> Iterator[tuple[list[Token], Token | None]]:
+    """Cut the token stream into statements, each ending with its ``_NL``.
+
+    Line breaks inside brackets are dropped.  A bracket left open is reported
+    where the next statement visibly starts (a line that begins with
+    ``name = stage(`` or ``param``), rather than at the end of the file; so is
+    a bracket closed by the wrong kind.  A line with a bad character ends its
+    statement whatever the brackets.  Yields ``(tokens, unclosed_or_None)``.
+    """
+    chunk: list[Token] = []
+    stack: list[Token] = []
+    unclosed: Token | None = None
+    line_start = True
+    bad = False
+    pending = list(tokens)
+    for i, tok in enumerate(pending):
+        if tok.type == "_NL":
+            if (bad or not stack) and chunk:
+                chunk.append(tok)
+                yield chunk, (unclosed if not bad else None)
+                chunk, stack, unclosed, bad = [], [], None, False
+            line_start = True
+            continue
+        if line_start and stack and _starts_statement(pending, i):
+            yield chunk, (unclosed or stack[0]) if not bad else None
+            chunk, stack, unclosed = [], [], None
+        line_start = False
+        if tok.type == _BAD:
+            bad = True
+        elif tok.type in _OPEN:
+            stack.append(tok)
+        elif tok.type in _CLOSE and stack:
+            opener = stack.pop()
+            if _OPEN[opener.type] != tok.type and unclosed is None:
+                unclosed = opener
+                if stack and _OPEN[stack[-1].type] == tok.type:
+                    stack.pop()
+        chunk.append(tok)
+    if chunk:
+        if stack or unclosed:
+            yield chunk, (unclosed or stack[0]) if not bad else None
+        else:
+            chunk.append(Token.new_borrow_pos("_NL", "\n", chunk[-1]))
+            yield chunk, None
+
+
+def _starts_statement(tokens: list[Token], i: int) -> bool:
+    kinds = [t.type for t in tokens[i : i + 4]]
+    return kinds[:1] == ["PARAM"] or kinds == ["NAME", "EQUAL", "NAME", "LPAR"]
+
+
+def _note_broken(chunk: list[Token], broken: set[str]) -> None:
+    if len(chunk) > 1 and chunk[0].type == "NAME" and chunk[1].type == "EQUAL":
+        broken.add(str(chunk[0]))
+    elif len(chunk) > 1 and chunk[0].type == "PARAM" and chunk[1].type == "NAME":
+        broken.add(str(chunk[1]))
+
+
+def _describe(tok_type: str) -> str:
+    return _TOKEN_WORDS.get(tok_type, tok_type.lower())
+
+
+def _describe_token(tok: Token) -> str:
+    if tok.type in ("_NL", "$END"):
+        return _describe(tok.type)
+    return f"'{tok}'"
+
+
+def _accepted(interactive, err: UnexpectedToken) -> set[str]:
+    """The terminals the parser would really take here.
+
+    LALR merges states, so the error's own ``expected`` can name terminals
+    that could never follow; asking the parser state is exact.
+    """
+    try:
+        accepted = set(interactive.accepts())
+    except Exception:  # pragma: no cover - fall back to Lark's own set
+        accepted = set()
+    return accepted or set(err.expected)
+
+
+def _syntax_error(
+    err: UnexpectedToken, expected: set[str], chunk: list[Token], i: int, builder: _Builder
+) -> Diagnostic:
+    tok = err.token
+    prev = chunk[i - 1] if i > 0 else None
+    span = builder.span(tok)
+    if tok.type == "_NL" and prev is not None:
+        # Point just past the last token, where the missing piece belongs.
+        span = ast.Span(builder.file, prev.end_line, prev.end_column, prev.end_line, prev.end_column + 1)
+    found = _describe_token(tok)
+    words = sorted({_describe(t) for t in expected})
+    message = f"unexpected {found}; expected {_join(words)}"
+    return Diagnostic(_syntax_code(tok, expected, prev), message, span, _syntax_help(tok, expected, prev, chunk, i))
+
+
+def _syntax_code(tok: Token, expected: set[str], prev: Token | None) -> str:
+    if "STRING" in expected or (tok.type == "LPAR" and prev is not None and prev.type == "NAME"):
+        return "E104"  # a value is missing, or is not a value
+    if "COMMA" in expected and tok.type not in ("_NL", "$END"):
+        return "E105"  # two items without a comma between them
+    return "E101"
+
+
+def _syntax_help(tok, expected, prev, chunk, i) -> str | None:
+    inside = _inside_call(chunk, i)
+    if not inside:
+        return _statement_help(tok, expected, prev, chunk)
+    if tok.type == "LPAR" and prev is not None and prev.type == "NAME":
+        return "a stage call cannot be a value: give it a name on a line of its own, then use the name"
+    if "STRING" in expected:
+        return "a value is a number, a string in double quotes, true or false, a list, or a name"
+    if "EQUAL" in expected:
+        return "stage arguments are named: write name=value"
+    if "NAME" in expected and "RPAR" in expected:
+        return "stage arguments are named: write name=value"
+    if tok.type == "DOT":
+        return "a reference names a result and at most one port, as in ckpt.clip"
+    if "COMMA" in expected and tok.type not in ("_NL", "$END"):
+        return "separate items with ','"
+    if tok.type in _CLOSE:
+        return f"there is no opening bracket for this '{tok}' to close"
+    return None
+
+
+def _statement_help(tok, expected, prev, chunk) -> str | None:
+    first = chunk[0]
+    if first.type == "PARAM":
+        if "STRING" in expected:
+            return "a param's default is a number, a string, true or false, or a list"
+        return "write: param name = value"
+    if prev is not None and prev.type == "EQUAL" and tok.type != "NAME":
+        if "STRING" not in expected and first.type == "NAME":
+            return f"a result comes from a stage call; to name a value, write: param {first} = {tok}"
+    if tok.type == "DOT":
+        return "a stage type is a plain name, as in empty_latent"
+    if tok.type in _CLOSE:
+        return f"there is no opening bracket for this '{tok}' to close"
+    return "a statement is 'name = stage(...)', 'stage(...)', 'param name = value' or 'sdflow 1'"
+
+
+def _inside_call(chunk: list[Token], i: int) -> bool:
+    depth = 0
+    for tok in chunk[:i]:
+        if tok.type in _OPEN:
+            depth += 1
+        elif tok.type in _CLOSE:
+            depth -= 1
+    return depth > 0
+
+
+def _lexer_error(err: UnexpectedCharacters, source: str, builder: _Builder) -> Diagnostic:
+    pos = err.pos_in_stream
+    char = source[pos]
+    line_start = source.rfind("\n", 0, pos) + 1
+    line_end = source.find("\n", pos)
+    line_end = len(source) if line_end < 0 else line_end
+    if char == '"':
+        # The basic lexer reads an open '"""' as an empty '""' and a lone '"'.
+        opener = pos - 2 if source[max(pos - 2, 0) : pos + 1] == '"""' else pos
+        column = opener - line_start + 1
+        span = ast.Span(builder.file, err.line, column, err.line, line_end - line_start + 1)
+        if source.startswith('"""', opener):
+            return Diagnostic("E102", "unterminated triple-quoted string", span, "close it with '\"\"\"'")
+        return Diagnostic(
+            "E102",
+            "unterminated string",
+            span,
+            "close it with '\"' on the same line, or use \"\"\" for text over several lines",
+        )
+    span = ast.Span(builder.file, err.line, err.column, err.line, err.column + 1)
+    if char == "'":
+        return Diagnostic("E106", "unexpected character \"'\"", span, 'strings are written in double quotes: "text"')
+    shown = char if char.isprintable() else repr(char)
+    return Diagnostic("E106", f"unexpected character '{shown}'", span, _char_help(char))
+
+
+def _char_help(char: str) -> str | None:
+    if char == ":":
+        return "arguments are written name=value, not name: value"
+    if char in "{}":
+        return "lists are written in square brackets: [1, 2]"
+    if char in "+-*/":
+        return "sdflow has no arithmetic; write the value itself"
+    return None
+
+
+def _join(words: list[str]) -> str:
+    if len(words) <= 1:
+        return "".join(words)
+    return ", ".join(words[:-1]) + " or " + words[-1]
+
+
+__all__ = ["parse", "grammar_path", "UnexpectedInput"]
