@@ -43,17 +43,20 @@ def format_recipe(recipe: ast.Recipe) -> str:
     previous_end = 0
     for index, statement in enumerate(statements):
         comments = owned[index]
+        after_header = index > 0 and isinstance(statements[index - 1], ast.Header)
         for comment in before[index]:
-            _blank_if(out, previous_end and comment.span.line - previous_end > 1)
+            _blank_if(out, previous_end and (comment.span.line - previous_end > 1 or after_header))
+            after_header = False
             out.append(comment.text.rstrip())
             previous_end = comment.span.end_line
         gap = statement.span.line - previous_end > 1
-        after_header = index > 0 and isinstance(statements[index - 1], ast.Header) and not before[index]
         _blank_if(out, previous_end and (gap or after_header))
         out.extend(_statement_lines(statement, comments))
         previous_end = statement.span.end_line
+    after_header = bool(statements) and isinstance(statements[-1], ast.Header)
     for comment in tail:
-        _blank_if(out, previous_end and comment.span.line - previous_end > 1)
+        _blank_if(out, previous_end and (comment.span.line - previous_end > 1 or after_header))
+        after_header = False
         out.append(comment.text.rstrip())
         previous_end = comment.span.end_line
     return "\n".join(out) + "\n" if out else ""
@@ -110,7 +113,9 @@ def _statement_lines(statement: ast.Statement, comments: _Comments) -> list[str]
     if isinstance(statement, ast.Header):
         return [f"{statement.keyword} {statement.version}{trailing}"]
     if isinstance(statement, ast.Param):
-        return _with_trailing(f"param {statement.name} = {_value(statement.default, 0)}", trailing)
+        # A comment inside a list over several lines is kept above the param.
+        above = [comment.text.rstrip() for comment in comments.closing]
+        return above + _with_trailing(f"param {statement.name} = {_value(statement.default, 0)}", trailing)
     head = f"{statement.name} = {statement.stage_type}(" if statement.name else f"{statement.stage_type}("
     args = [f"{a.name}={_value(a.value, 1)}" for a in statement.args]
     one_line = head + ", ".join(args) + ")"
@@ -142,7 +147,7 @@ def _value(value: ast.Value, depth: int) -> str:
         return str(value)
     items = [_value(item, depth + 1) for item in value.items]
     flat = "[" + ", ".join(items) + "]"
-    if not value.trailing_comma or not items:
+    if not items or not (value.trailing_comma or any("\n" in item for item in items)):
         return flat
     pad = INDENT * (depth + 1)
     return "[\n" + "".join(f"{pad}{item},\n" for item in items) + INDENT * depth + "]"

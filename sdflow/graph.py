@@ -180,6 +180,7 @@ class _Checker:
         self.param_decls: dict[str, ast.Param] = {}
         self.stage_decls: dict[str, ast.Stage] = {}
         self.used: set[str] = set()
+        self.current: str | None = None  # the stage being checked, never its own source
 
     def error(self, code: str, message: str, span: ast.Span | None, help: str | None = None) -> None:
         self.diagnostics.append(Diagnostic(code, message, span, help))
@@ -247,6 +248,7 @@ class _Checker:
 
     # one stage ------------------------------------------------------------
     def check_stage(self, stage: ast.Stage) -> None:
+        self.current = stage.name
         spec = self.registry.stages.get(stage.stage_type)
         if spec is None:
             self.unknown_stage(stage)
@@ -315,7 +317,7 @@ class _Checker:
         refs = []
         for name, decl in self.stage_decls.items():
             spec = self.registry.stages.get(decl.stage_type)
-            if spec is None:
+            if spec is None or name == self.current:
                 continue
             for port, out in spec.outputs.items():
                 if out.type == port_type:
@@ -327,6 +329,8 @@ class _Checker:
         expected = spec.inputs[arg.name].type
         value = arg.value
         if not isinstance(value, ast.Ref) or value.name in self.param_decls:
+            if isinstance(value, ast.Ref):
+                self.used.add(value.name)  # misused, but used: no "never used" on top
             what = f"param '{value.name}'" if isinstance(value, ast.Ref) else "a value"
             self.error("E310", f"'{arg.name}' takes a {expected} from a stage, not {what}", value.span,
                        self.suggest_source(arg.name, expected).replace("add ", "write ", 1))

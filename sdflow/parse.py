@@ -300,6 +300,7 @@ def _statements(tokens: Iterator[Token]) -> Iterator[tuple[list[Token], Token | 
     chunk: list[Token] = []
     stack: list[Token] = []
     unclosed: Token | None = None
+    reopen: Token | None = None  # an unclosed bracket that a later one may close yet
     line_start = True
     bad = False
     pending = list(tokens)
@@ -308,12 +309,12 @@ def _statements(tokens: Iterator[Token]) -> Iterator[tuple[list[Token], Token | 
             if (bad or not stack) and chunk:
                 chunk.append(tok)
                 yield chunk, (unclosed if not bad else None)
-                chunk, stack, unclosed, bad = [], [], None, False
+                chunk, stack, unclosed, reopen, bad = [], [], None, None, False
             line_start = True
             continue
         if line_start and stack and _starts_statement(pending, i):
             yield chunk, (unclosed or stack[0]) if not bad else None
-            chunk, stack, unclosed = [], [], None
+            chunk, stack, unclosed, reopen = [], [], None, None
         line_start = False
         if tok.type == _BAD:
             bad = True
@@ -325,6 +326,12 @@ def _statements(tokens: Iterator[Token]) -> Iterator[tuple[list[Token], Token | 
                 unclosed = opener
                 if stack and _OPEN[stack[-1].type] == tok.type:
                     stack.pop()
+                elif not stack:
+                    reopen = opener
+        elif tok.type in _CLOSE and reopen is not None and _OPEN[reopen.type] == tok.type:
+            # `f(a=1])`: the ')' closes the '(' after all, so the ']' is a
+            # stray, left for the parser to report where it stands.
+            unclosed = reopen = None
         chunk.append(tok)
     if chunk:
         if stack or unclosed:
@@ -336,12 +343,21 @@ def _statements(tokens: Iterator[Token]) -> Iterator[tuple[list[Token], Token | 
 
 def _starts_statement(tokens: list[Token], i: int) -> bool:
     kinds = [t.type for t in tokens[i : i + 4]]
-    return kinds[:1] == ["PARAM"] or kinds == ["NAME", "EQUAL", "NAME", "LPAR"]
+    if kinds[:1] == ["PARAM"]:
+        return True
+    if kinds != ["NAME", "EQUAL", "NAME", "LPAR"]:
+        return False
+    # An indented `latent=empty_latent(...)` after ',' or '(' is an argument
+    # (a stage call given as a value), not the next statement.
+    j = i - 1
+    while j >= 0 and tokens[j].type == "_NL":
+        j -= 1
+    return tokens[i].column == 1 or j < 0 or tokens[j].type not in ("COMMA", "LPAR")
 
 
 def _note_broken(chunk: list[Token], broken: set[str]) -> None:
-    if len(chunk) > 1 and chunk[0].type == "NAME" and chunk[1].type == "EQUAL":
-        broken.add(str(chunk[0]))
+    if len(chunk) > 1 and chunk[0].type == "NAME" and chunk[1].type in ("EQUAL", "NAME", "DOT"):
+        broken.add(str(chunk[0]))  # `x = ...`, or `x stage(...)` and `x.y = ...` meaning it
     elif len(chunk) > 1 and chunk[0].type == "PARAM" and chunk[1].type == "NAME":
         broken.add(str(chunk[1]))
 
@@ -387,7 +403,7 @@ def _syntax_error(
 def _syntax_code(tok: Token, expected: set[str], prev: Token | None) -> str:
     if "STRING" in expected or (tok.type == "LPAR" and prev is not None and prev.type == "NAME"):
         return "E104"  # a value is missing, or is not a value
-    if "COMMA" in expected and tok.type not in ("_NL", "$END"):
+    if "COMMA" in expected and tok.type not in ("_NL", "$END", *_CLOSE):
         return "E105"  # two items without a comma between them
     return "E101"
 
@@ -406,10 +422,10 @@ def _syntax_help(tok, expected, prev, chunk, i) -> str | None:
         return "stage arguments are named: write name=value"
     if tok.type == "DOT":
         return "a reference names a result and at most one port, as in ckpt.clip"
-    if "COMMA" in expected and tok.type not in ("_NL", "$END"):
-        return "separate items with ','"
     if tok.type in _CLOSE:
         return f"there is no opening bracket for this '{tok}' to close"
+    if "COMMA" in expected and tok.type not in ("_NL", "$END"):
+        return "separate items with ','"
     return None
 
 
@@ -419,9 +435,10 @@ def _statement_help(tok, expected, prev, chunk) -> str | None:
         if "STRING" in expected:
             return "a param's default is a number, a string, true or false, or a list"
         return "write: param name = value"
-    if prev is not None and prev.type == "EQUAL" and tok.type != "NAME":
+    if prev is not None and prev.type == "EQUAL" and tok.type in _VALUE_TOKENS:
         if "STRING" not in expected and first.type == "NAME":
-            return f"a result comes from a stage call; to name a value, write: param {first} = {tok}"
+            value = "[...]" if tok.type == "LSQB" else tok
+            return f"a result comes from a stage call; to name a value, write: param {first} = {value}"
     if tok.type == "DOT":
         return "a stage type is a plain name, as in empty_latent"
     if tok.type in _CLOSE:

@@ -264,7 +264,13 @@ def _entry_points() -> list[metadata.EntryPoint]:
         if ep.name not in seen:  # a package installed twice appears twice
             seen.add(ep.name)
             found.append(ep)
-    return sorted(found, key=lambda ep: ep.name)
+    # sdflow's own plugins register first, so that a third-party plugin that
+    # reuses a built-in stage id is the one reported, whatever its name.
+    return sorted(found, key=lambda ep: (_dist_name(ep) != "sdflow", ep.name))
+
+
+def _dist_name(ep: metadata.EntryPoint) -> str:
+    return (ep.dist.metadata["Name"] or "").lower() if ep.dist is not None else ""
 
 
 def _reason(exc: BaseException) -> str:
@@ -296,7 +302,9 @@ def build_registry(
         version = versions.get(name) or str(getattr(plugin, "__version__", "0"))
         registry.plugins[name] = PluginInfo(name, version, module)
     for hook in (pm.hook.sdflow_port_types, pm.hook.sdflow_stage_types):
-        for impl in reversed(hook.get_hookimpls()):
+        # In registration order, so a stage type already taken stays with the
+        # plugin that came first and the clash is blamed on the newcomer.
+        for impl in hook.get_hookimpls():
             info = registry.plugins.get(impl.plugin_name)
             if info is None:
                 continue

@@ -1,0 +1,477 @@
+"""Plugins: how a third party adds stage types, and what happens when one is wrong.
+
+Each plugin here is registered for one test and unregistered after, as
+datasette's plugin tests do, so no test sees another's plugin.  A plugin that
+fails to import is tried through the real entry-point mechanism: a fake
+distribution on ``sys.path`` declaring the ``sdflow`` group.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel, ConfigDict, Field
+
+import sdflow_diffusion
+from sdflow import Port, hookimpl, hookspecs
+from sdflow.describe import plugin_table
+from sdflow.graph import check_source
+from sdflow.registry import build_registry, plugin_manager
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILT_IN_STAGES = {"load_checkpoint", "clip_text_encode", "empty_latent", "sample", "vae_decode", "save_image"}
+
+
+# a third-party plugin, as its author would write it -----------------------------
+
+
+class UpscaleImage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    scale: float = Field(2.0, ge=1.0, le=8.0, description="how much larger")
+
+
+class LoadUpscaleModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, description="upscaler file, such as 4x-UltraSharp.pth")
+
+
+class Upscalers:
+    """Adds a port type of its own and two stage types that use it."""
+
+    __version__ = "2.5.0"
+
+    @hookimpl
+    def sdflow_port_types(self, registry):
+        registry.add_port_type("UPSCALE_MODEL", "an image upscaling network (ESRGAN and kin)")
+
+    @hookimpl
+    def sdflow_stage_types(self, registry):
+        registry.add_stage(
+            "load_upscale_model",
+            params=LoadUpscaleModel,
+            outputs={"upscale_model": Port("UPSCALE_MODEL", "the network")},
+            doc="Load an upscaling network.",
+        )
+        registry.add_stage(
+            "upscale_image",
+            params=UpscaleImage,
+            inputs={"upscale_model": "UPSCALE_MODEL", "image": Port("IMAGE", "the images")},
+            outputs={"image": "IMAGE"},
+            doc="Upscale images with a network.",
+        )
+
+
+UPSCALE_RECIPE = """\
+sdflow 1
+
+ckpt = load_checkpoint(name="sd15.safetensors")
+positive = clip_text_encode(clip=ckpt.clip, text="a lighthouse at dusk")
+negative = clip_text_encode(clip=ckpt.clip, text="blurry")
+latent = empty_latent(width=512, height=512)
+denoised = sample(model=ckpt.model, positive=positive, negative=negative, latent=latent)
+image = vae_decode(vae=ckpt.vae, latent=denoised)
+upscaler = load_upscale_model(name="4x-UltraSharp.pth")
+large = upscale_image(upscale_model=upscaler, image=image, scale=4.0)
+save_image(image=large, prefix="large")
+"""
+
+
+@pytest.fixture(scope="module")
+def plugins():
+    """The installed plugins, loaded once: (plugin manager, load problems, versions)."""
+    return plugin_manager()
+
+
+@contextmanager
+def registered(plugins, *named_plugins):
+    """Register ``(name, plugin)`` pairs for the ``with`` block and yield the
+    registry rebuilt with them; unregister them after, whatever happens."""
+    pm, problems, versions = plugins
+    for name, plugin in named_plugins:
+        pm.register(plugin, name=name)
+    try:
+        yield build_registry(pm, problems, versions)
+    finally:
+        for name, _plugin in named_plugins:
+            pm.unregister(name=name)
+
+
+def codes_and_messages(diagnostics):
+    return [(d.code, d.message) for d in diagnostics]
+
+
+# a plugin that works ------------------------------------------------------------
+
+
+def test_a_third_party_stage_checks_clean(plugins):
+    with registered(plugins, ("upscalers", Upscalers())) as registry:
+        _recipe, graph, diagnostics = check_source(UPSCALE_RECIPE, "upscale.sdflow", registry)
+    assert diagnostics == []
+    assert registry.problems == []
+    assert graph.nodes["large"].spec.plugin == "upscalers"
+    assert graph.nodes["large"].params == UpscaleImage(scale=4.0)
+    assert graph.order[-3:] == ("upscaler", "large", "save_image@11")
+    info = registry.plugins["upscalers"]
+    assert (info.version, info.module) == ("2.5.0", "Upscalers")
+    assert info.port_types == ["UPSCALE_MODEL"]
+    assert info.stages == ["load_upscale_model", "upscale_image"]
+    assert registry.stages["upscale_image"].version == "2.5.0"
+    assert registry.port_types["UPSCALE_MODEL"].plugin == "upscalers"
+
+
+def test_a_plugin_is_gone_once_unregistered(plugins):
+    pm, problems, versions = plugins
+    with registered(plugins, ("upscalers", Upscalers())) as registry:
+        assert "upscale_image" in registry.stages
+    registry = build_registry(pm, problems, versions)
+    assert "upscale_image" not in registry.stages
+    assert "upscalers" not in registry.plugins
+    _recipe, graph, diagnostics = check_source(UPSCALE_RECIPE, "upscale.sdflow", registry)
+    assert graph is None
+    assert codes_and_messages(diagnostics) == [
+        ("E220", "unknown stage type 'load_upscale_model'"),
+        ("E220", "unknown stage type 'upscale_image'"),
+    ]
+
+
+def test_a_plugin_parameter_is_validated_by_its_model(plugins):
+    source = UPSCALE_RECIPE.replace("scale=4.0", "scale=16.0")
+    with registered(plugins, ("upscalers", Upscalers())) as registry:
+        _recipe, graph, diagnostics = check_source(source, "upscale.sdflow", registry)
+    assert graph is None
+    (diagnostic,) = diagnostics
+    assert (diagnostic.code, diagnostic.message, diagnostic.help) == (
+        "E402", "'scale' must be at most 8.0, got 16.0", "'scale' ranges from 1.0 to 8.0",
+    )
+    line = source.splitlines()[diagnostic.span.line - 1]
+    assert line[diagnostic.span.column - 1 : diagnostic.span.end_column - 1] == "16.0"
+
+
+def test_a_plugin_port_type_mismatch_is_reported(plugins):
+    source = UPSCALE_RECIPE.replace("upscale_model=upscaler", "upscale_model=ckpt.vae")
+    with registered(plugins, ("upscalers", Upscalers())) as registry:
+        _recipe, graph, diagnostics = check_source(source, "upscale.sdflow", registry)
+    assert graph is None
+    assert [(d.code, d.message, d.help) for d in diagnostics] == [
+        ("W102", "the result 'upscaler' is never used", "pass it to another stage, or remove it"),
+        ("E300", "'upscale_model' expects UPSCALE_MODEL, but ckpt.vae is VAE",
+         "a UPSCALE_MODEL comes from 'upscaler'"),
+    ]
+
+
+def test_a_plugin_port_type_given_where_a_built_in_one_is_expected(plugins):
+    source = textwrap.dedent("""\
+        sdflow 1
+
+        ckpt = load_checkpoint(name="sd15.safetensors")
+        upscaler = load_upscale_model(name="4x-UltraSharp.pth")
+        latent = empty_latent()
+        image = vae_decode(vae=upscaler, latent=latent)
+        save_image(image=image)
+    """)
+    with registered(plugins, ("upscalers", Upscalers())) as registry:
+        _recipe, graph, diagnostics = check_source(source, "upscale.sdflow", registry)
+    assert graph is None
+    assert [(d.code, d.message, d.help) for d in diagnostics if d.is_error] == [
+        ("E300", "'vae' expects VAE, but upscaler is UPSCALE_MODEL", "a VAE comes from 'ckpt.vae'"),
+    ]
+
+
+# a plugin that clashes or is wrong ---------------------------------------------------
+
+
+class Resampler:
+    """A second plugin that wants a stage id the built-in plugin already has."""
+
+    @hookimpl
+    def sdflow_port_types(self, registry):
+        registry.add_port_type("LATENT", "a latent, again")
+
+    @hookimpl
+    def sdflow_stage_types(self, registry):
+        registry.add_stage("sample", params=UpscaleImage, outputs={"latent": "LATENT"})
+        registry.add_stage("resample", params=UpscaleImage, inputs={"latent": "LATENT"},
+                           outputs={"latent": "LATENT"})
+
+
+def test_a_duplicate_stage_id_is_a_problem_of_the_plugin_that_came_second(plugins):
+    with registered(plugins, ("resampler", Resampler())) as registry:
+        problems = [str(p) for p in registry.problems]
+    assert problems == [
+        "plugin 'resampler': port type 'LATENT' is already defined by plugin 'diffusion'",
+        "plugin 'resampler': stage type 'sample' is already defined by plugin 'diffusion'",
+    ]
+    assert registry.stages["sample"].plugin == "diffusion"
+    assert registry.stages["resample"].plugin == "resampler"
+    assert registry.plugins["resampler"].stages == ["resample"]
+    assert registry.plugins["diffusion"].stages == [
+        "load_checkpoint", "clip_text_encode", "empty_latent", "sample", "vae_decode", "save_image",
+    ]
+    assert "problems:" in plugin_table(registry)
+
+
+def test_between_two_third_party_plugins_the_first_registered_keeps_the_stage(plugins):
+    with registered(plugins, ("upscalers", Upscalers()), ("copycat", Upscalers())) as registry:
+        problems = [str(p) for p in registry.problems]
+    assert problems == [
+        "plugin 'copycat': port type 'UPSCALE_MODEL' is already defined by plugin 'upscalers'",
+        "plugin 'copycat': stage type 'load_upscale_model' is already defined by plugin 'upscalers'",
+        "plugin 'copycat': stage type 'upscale_image' is already defined by plugin 'upscalers'",
+    ]
+    assert registry.stages["upscale_image"].plugin == "upscalers"
+
+
+class NotAModel:
+    scale: float = 2.0
+
+
+@pytest.mark.parametrize(
+    ("bad_stage", "problem"),
+    [
+        (dict(id="2x_upscale", params=UpscaleImage, outputs={"image": "IMAGE"}),
+         "stage id '2x_upscale' is not a valid name"),
+        (dict(id="class", params=UpscaleImage, outputs={"image": "IMAGE"}),
+         "stage id 'class' is not a valid name"),
+        (dict(id="upscale", params=UpscaleImage, outputs={"image": "PICTURE"}),
+         "stage type 'upscale': port 'image' has unknown port type 'PICTURE'"),
+        (dict(id="upscale", params=UpscaleImage, inputs={"image": "image"}, outputs={"image": "IMAGE"}),
+         "stage type 'upscale': port 'image' has unknown port type 'image'"),
+        (dict(id="upscale", params=NotAModel, outputs={"image": "IMAGE"}),
+         "stage type 'upscale': params must be a pydantic BaseModel class"),
+        (dict(id="upscale", params=UpscaleImage(), outputs={"image": "IMAGE"}),
+         "stage type 'upscale': params must be a pydantic BaseModel class"),
+        (dict(id="upscale", params=UpscaleImage, inputs={"image": "IMAGE"}),
+         "stage type 'upscale' has no outputs and is not an output stage"),
+        (dict(id="upscale", params=UpscaleImage, inputs={"scale": "IMAGE"}, outputs={"image": "IMAGE"}),
+         "stage type 'upscale': ['scale'] are both inputs and parameters"),
+        (dict(id="upscale", params=UpscaleImage, outputs={"the image": "IMAGE"}),
+         "stage type 'upscale': port name 'the image' is not a valid name"),
+        (dict(id="upscale", params=UpscaleImage, outputs={"image": 3}),
+         "stage type 'upscale': inputs and outputs map names to port types (3 is not a port type)"),
+    ],
+    ids=["leading-digit", "keyword", "unknown-port-type", "lower-case-port-type", "params-not-a-model",
+         "params-an-instance", "no-outputs", "input-and-param", "bad-port-name", "port-not-a-type"],
+)
+def test_an_invalid_stage_is_a_problem_and_the_plugins_other_stages_register(plugins, bad_stage, problem):
+    class Sloppy:
+        @hookimpl
+        def sdflow_stage_types(self, registry):
+            registry.add_stage(**bad_stage)
+            registry.add_stage("sharpen", params=UpscaleImage, inputs={"image": "IMAGE"},
+                               outputs={"image": "IMAGE"})
+
+    with registered(plugins, ("sloppy", Sloppy())) as registry:
+        pass
+    assert [str(p) for p in registry.problems] == [f"plugin 'sloppy': {problem}"]
+    assert registry.plugins["sloppy"].stages == ["sharpen"]
+    assert registry.plugins["sloppy"].error is None
+    assert BUILT_IN_STAGES < set(registry.stages)
+
+
+def test_a_bad_port_type_name_is_a_problem(plugins):
+    class Lowercase:
+        @hookimpl
+        def sdflow_port_types(self, registry):
+            registry.add_port_type("depth_map")
+            registry.add_port_type("DEPTH_MAP")
+
+    with registered(plugins, ("lowercase", Lowercase())) as registry:
+        pass
+    assert [str(p) for p in registry.problems] == [
+        "plugin 'lowercase': port type 'depth_map' must be upper case letters, digits and '_'",
+    ]
+    assert registry.plugins["lowercase"].port_types == ["DEPTH_MAP"]
+
+
+class Flaky:
+    """A plugin whose hook has a bug of its own."""
+
+    @hookimpl
+    def sdflow_stage_types(self, registry):
+        raise RuntimeError("model zoo offline")
+
+
+def test_a_hook_that_raises_is_a_problem_naming_the_plugin(plugins):
+    with registered(plugins, ("flaky", Flaky()), ("upscalers", Upscalers())) as registry:
+        problems = [str(p) for p in registry.problems]
+        _recipe, graph, diagnostics = check_source(UPSCALE_RECIPE, "upscale.sdflow", registry)
+    message = "sdflow_stage_types raised RuntimeError: model zoo offline"
+    assert problems == [f"plugin 'flaky': {message}"]
+    assert registry.plugins["flaky"].error == message
+    assert f"flaky 0  (Flaky)\n  error: {message}" in plugin_table(registry)
+    assert diagnostics == []
+    assert graph is not None
+    assert BUILT_IN_STAGES < set(registry.stages)
+
+
+# a plugin that fails to load, through the real entry points -------------------------------
+
+
+def fake_distribution(folder: Path, name: str, entry_points: dict[str, str], version: str = "1.0") -> None:
+    """What ``pip install`` leaves behind: a ``.dist-info`` folder whose
+    ``entry_points.txt`` declares plugins in the ``sdflow`` group."""
+    dist_info = folder / f"{name}-{version}.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    lines = ["[sdflow]", *(f"{ep} = {target}" for ep, target in entry_points.items())]
+    (dist_info / "entry_points.txt").write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def site_packages(tmp_path, monkeypatch):
+    """A folder on ``sys.path`` to install fake distributions into; the
+    modules imported from it are forgotten after the test."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    for name, module in list(sys.modules.items()):
+        if str(getattr(module, "__file__", None) or "").startswith(str(tmp_path)):
+            del sys.modules[name]
+
+
+@pytest.fixture
+def broken_plugin_folder(tmp_path):
+    fake_distribution(tmp_path, "sdflow_broken", {"broken": "no_such_module_xyz"}, "0.3.0")
+    return tmp_path
+
+
+BROKEN = "failed to load (no_such_module_xyz): ModuleNotFoundError: No module named 'no_such_module_xyz'"
+
+
+def test_a_plugin_that_fails_to_import_is_reported_by_name(broken_plugin_folder, monkeypatch):
+    monkeypatch.syspath_prepend(str(broken_plugin_folder))
+    pm, problems, versions = plugin_manager()
+    assert [str(p) for p in problems] == [f"plugin 'broken': {BROKEN}"]
+    assert pm.get_plugin("broken") is None
+    registry = build_registry(pm, problems, versions)
+    assert registry.plugins["broken"].error == BROKEN
+    assert registry.plugins["broken"].version == "0.3.0"
+    assert set(registry.stages) == BUILT_IN_STAGES
+    _recipe, graph, diagnostics = check_source(UPSCALE_RECIPE, "upscale.sdflow", registry)
+    assert graph is None
+    assert [(d.code, d.help) for d in diagnostics][:1] == [
+        ("E220", "plugin 'broken' failed to load; run 'sdflow plugins'"),
+    ]
+
+
+def test_a_plugin_with_a_misspelled_hook_fails_to_load(site_packages):
+    (site_packages / "typo_plugin.py").write_text(textwrap.dedent("""\
+        from sdflow import hookimpl
+
+        @hookimpl
+        def sdflow_stage_type(registry):
+            pass
+    """))
+    fake_distribution(site_packages, "sdflow_typo", {"typo": "typo_plugin"})
+    pm, problems, versions = plugin_manager()
+    (problem,) = problems
+    assert problem.plugin == "typo"
+    assert problem.message.startswith("failed to load (typo_plugin): PluginValidationError: ")
+    assert "sdflow_stage_type" in problem.message
+    assert pm.get_plugin("typo") is None
+    assert set(build_registry(pm, problems, versions).stages) == BUILT_IN_STAGES
+
+
+def test_an_installed_plugin_is_found_through_its_entry_point(site_packages):
+    (site_packages / "sdflow_blur.py").write_text(textwrap.dedent("""\
+        from pydantic import BaseModel, Field
+        from sdflow import hookimpl
+
+        class Blur(BaseModel):
+            radius: float = Field(2.0, gt=0)
+
+        @hookimpl
+        def sdflow_stage_types(registry):
+            registry.add_stage("blur", params=Blur, inputs={"image": "IMAGE"},
+                               outputs={"image": "IMAGE"}, doc="Gaussian blur.")
+    """))
+    fake_distribution(site_packages, "sdflow_blur", {"blur": "sdflow_blur"}, "1.4.2")
+    registry = build_registry(*plugin_manager())
+    assert registry.problems == []
+    assert registry.stages["blur"].plugin == "blur"
+    assert registry.stages["blur"].version == "1.4.2"
+    assert "blur 1.4.2  (sdflow_blur)\n  stages: blur" in plugin_table(registry)
+
+
+def sdflow_cli(*args: str, pythonpath: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_COLOR": "1"}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
+    return subprocess.run([sys.executable, "-m", "sdflow.cli", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_the_cli_lists_a_broken_plugin_with_its_error(broken_plugin_folder):
+    result = sdflow_cli("plugins", pythonpath=broken_plugin_folder)
+    assert result.returncode == 0
+    assert result.stdout.startswith(f"broken 0.3.0\n  error: {BROKEN}\ndiffusion 0.1.0  (sdflow_diffusion)\n")
+
+
+def test_the_cli_still_checks_a_recipe_when_a_plugin_is_broken(broken_plugin_folder):
+    result = sdflow_cli("check", "examples/txt2img.sdflow", pythonpath=broken_plugin_folder)
+    assert result.returncode == 0
+    assert result.stderr == (
+        f"sdflow: warning: plugin 'broken': {BROKEN}\n"
+        "examples/txt2img.sdflow: ok\n"
+    )
+
+
+# the hooks themselves -----------------------------------------------------------------
+
+
+def hook_names() -> list[str]:
+    return [name for name, value in vars(hookspecs).items()
+            if callable(value) and hasattr(value, f"{hookspecs.PROJECT}_spec")]
+
+
+def test_every_hook_is_named_documented_implemented_and_tested():
+    names = hook_names()
+    assert names == ["sdflow_port_types", "sdflow_stage_types"]
+    tested = set(re.findall(r"def (sdflow_\w+)\(", Path(__file__).read_text(encoding="utf-8")))
+    for name in names:
+        assert name.startswith("sdflow_")
+        spec = getattr(hookspecs, name)
+        assert inspect.getdoc(spec), f"{name} has no docstring"
+        assert list(inspect.signature(spec).parameters) == ["registry"]
+        assert hasattr(getattr(sdflow_diffusion, name, None), f"{hookspecs.PROJECT}_impl"), (
+            f"the built-in plugin does not implement {name}")
+        assert name in tested, f"no plugin in this file implements {name}"
+
+
+# staying light ---------------------------------------------------------------------------
+
+LIGHT = """\
+import contextlib, io, sys
+import sdflow
+from sdflow.cli import main
+from sdflow.graph import check_source
+from sdflow.registry import default_registry
+
+registry = default_registry()
+with open("examples/txt2img.sdflow", encoding="utf-8") as f:
+    _recipe, graph, diagnostics = check_source(f.read(), "txt2img.sdflow", registry)
+assert graph is not None and diagnostics == [], diagnostics
+with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    for argv in (["stages"], ["stages", "sample"], ["plugins"], ["check", "examples/txt2img.sdflow"],
+                 ["fmt", "--check", "examples/txt2img.sdflow"], ["graph", "examples/txt2img.sdflow"]):
+        assert main(argv) == 0, argv
+heavy = sorted({m.split(".")[0] for m in sys.modules} & {"torch", "diffusers", "transformers"})
+print(heavy)
+"""
+
+
+def test_checking_a_recipe_never_imports_torch_diffusers_or_transformers():
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", LIGHT], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.stderr == ""
+    assert result.stdout == "[]\n"
