@@ -7,15 +7,15 @@ checker, the formatter, the CLI) works on these classes only.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
+from typing import NamedTuple, Union
 
 
-@dataclass(frozen=True, slots=True)
-class Span:
+class Span(NamedTuple):
     """Where a node stands in its file: 1-based lines and columns.
 
     ``end_column`` is exclusive, so ``end_column - column`` is the width of a
-    one-line span.
+    one-line span.  A named tuple rather than a dataclass: a large recipe
+    makes hundreds of thousands, and a tuple is made several times faster.
     """
 
     file: str

@@ -106,7 +106,9 @@ def _excerpt(span: Span, source: str, style: _Style, is_error: bool) -> list[str
     lines = source.split("\n")
     if not 1 <= span.line <= len(lines):
         return []
-    text = lines[span.line - 1].replace("\t", " ")
+    # One character per column, so the caret lines up: tabs become spaces and
+    # control characters a visible mark.
+    text = "".join(c if c.isprintable() else ("\ufffd" if c != "\t" else " ") for c in lines[span.line - 1])
     width = len(str(span.line))
     gutter = " " * width
     start = max(span.column - 1, 0)

@@ -332,7 +332,7 @@ class _Checker:
             if isinstance(value, ast.Ref):
                 self.used.add(value.name)  # misused, but used: no "never used" on top
             what = f"param '{value.name}'" if isinstance(value, ast.Ref) else "a value"
-            self.error("E310", f"'{arg.name}' takes a {expected} from a stage, not {what}", value.span,
+            self.error("E310", f"'{arg.name}' takes a stage result of type {expected}, not {what}", value.span,
                        self.suggest_source(arg.name, expected).replace("add ", "write ", 1))
             return None
         source = self.resolve_stage_ref(value)
@@ -371,8 +371,8 @@ class _Checker:
             hint = f"did you mean '{ref.name}.{same[0]}'?"
         else:
             producers = self.outputs_of_type(expected)
-            hint = (f"a {expected} comes from {one_of(producers, 4)}" if producers
-                    else f"no stage of this recipe gives a {expected}")
+            hint = (f"{expected} comes from {one_of(producers, 4)}" if producers
+                    else f"no stage of this recipe gives {expected}")
         self.error("E300", f"'{arg_name}' expects {expected}, but {ref} is {actual}", ref.span, hint)
 
     def resolve_stage_ref(self, ref: ast.Ref) -> tuple[StageSpec, str | None] | None:
@@ -644,8 +644,9 @@ def check_source(
 ) -> tuple[ast.Recipe, StageGraph | None, list[Diagnostic]]:
     """Parse and check a recipe's text: its tree, its graph (None on errors)
     and every diagnostic, syntax and semantic, in order of position."""
-    from sdflow.parse import parse
+    from sdflow.parse import parse, paused_gc
 
-    recipe, syntax = parse(source, file)
-    graph, semantic = check(recipe, registry, overrides, syntax_ok=not syntax)
+    with paused_gc():
+        recipe, syntax = parse(source, file)
+        graph, semantic = check(recipe, registry, overrides, syntax_ok=not syntax)
     return recipe, graph, sorted([*syntax, *semantic], key=Diagnostic.sort_key)

@@ -10,9 +10,11 @@ every syntax error of a recipe.
 
 from __future__ import annotations
 
+import gc
 import re
 import textwrap
 import threading
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
@@ -213,6 +215,23 @@ def _parser() -> _Parser:
     return _Parser()
 
 
+@contextmanager
+def paused_gc():
+    """Hold the cyclic garbage collector while a recipe is parsed and checked.
+
+    Parsing makes a few hundred thousand small objects and no cycles; the
+    collector's full passes over them took a third of the time of a
+    10,000-stage check.  Reference counting still frees everything.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def parse(source: str, file: str = "<recipe>") -> tuple[ast.Recipe, list[Diagnostic]]:
     """Parse a recipe's text: its syntax tree and its syntax errors.
 
@@ -221,7 +240,7 @@ def parse(source: str, file: str = "<recipe>") -> tuple[ast.Recipe, list[Diagnos
     """
     source = source.replace("\r\n", "\n").replace("\r", "\n")
     parser = _parser()
-    with parser.lock:
+    with parser.lock, paused_gc():
         builder = parser.builder
         builder.file, builder.statements, builder.comments = file, [], []
         diagnostics: list[Diagnostic] = []

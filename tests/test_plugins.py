@@ -165,7 +165,7 @@ def test_a_plugin_port_type_mismatch_is_reported(plugins):
     assert [(d.code, d.message, d.help) for d in diagnostics] == [
         ("W102", "the result 'upscaler' is never used", "pass it to another stage, or remove it"),
         ("E300", "'upscale_model' expects UPSCALE_MODEL, but ckpt.vae is VAE",
-         "a UPSCALE_MODEL comes from 'upscaler'"),
+         "UPSCALE_MODEL comes from 'upscaler'"),
     ]
 
 
@@ -183,7 +183,7 @@ def test_a_plugin_port_type_given_where_a_built_in_one_is_expected(plugins):
         _recipe, graph, diagnostics = check_source(source, "upscale.sdflow", registry)
     assert graph is None
     assert [(d.code, d.message, d.help) for d in diagnostics if d.is_error] == [
-        ("E300", "'vae' expects VAE, but upscaler is UPSCALE_MODEL", "a VAE comes from 'ckpt.vae'"),
+        ("E300", "'vae' expects VAE, but upscaler is UPSCALE_MODEL", "VAE comes from 'ckpt.vae'"),
     ]
 
 
