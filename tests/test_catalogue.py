@@ -8,15 +8,14 @@ case states the diagnostics that must come out, errors and warnings, as
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import textwrap
 
 import pytest
 
 from sdflow.graph import check_source
 from sdflow.registry import default_registry
+from cli import sdflow_cli
 
 
 def recipe(text: str) -> str:
@@ -1196,11 +1195,7 @@ def sdflow_check(tmp_path, source: str | None, *options: str) -> subprocess.Comp
     """Run ``sdflow check recipe.sdflow`` in a fresh process, as a user would."""
     if source is not None:
         (tmp_path / "recipe.sdflow").write_text(recipe(source), encoding="utf-8")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_COLOR": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "sdflow.cli", "check", "recipe.sdflow", *options],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
-    )
+    return sdflow_cli("check", "recipe.sdflow", *options, cwd=tmp_path)
 
 
 def test_cli_shows_an_error_like_a_compiler(tmp_path):

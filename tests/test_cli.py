@@ -5,21 +5,13 @@ Exit codes: 0 clean, 1 diagnostics, 2 a mistake on the command line.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import sdflow
+from cli import sdflow_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 TXT2IMG = "examples/txt2img.sdflow"
-
-
-def sdflow_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_COLOR": "1"}
-    return subprocess.run([sys.executable, "-m", "sdflow.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=60)
 
 
 # sdflow stages -------------------------------------------------------------------------

@@ -9,15 +9,13 @@ blank line follows the ``sdflow 1`` header.
 from __future__ import annotations
 
 import dataclasses
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from sdflow.format import format_recipe
 from sdflow.parse import parse
+from cli import sdflow_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.sdflow"))
@@ -286,12 +284,6 @@ def test_every_example_is_already_canonical(example):
 
 MESSY = 'sdflow 1\nparam   seed=42\nlatent = empty_latent(\n  width=512)\n'
 CANONICAL = "sdflow 1\n\nparam seed = 42\nlatent = empty_latent(width=512)\n"
-
-
-def sdflow_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_COLOR": "1"}
-    return subprocess.run([sys.executable, "-m", "sdflow.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=60)
 
 
 def test_fmt_check_passes_the_examples():

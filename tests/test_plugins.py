@@ -25,6 +25,7 @@ from sdflow import Port, hookimpl, hookspecs
 from sdflow.describe import plugin_table
 from sdflow.graph import check_source
 from sdflow.registry import build_registry, plugin_manager
+from cli import sdflow_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILT_IN_STAGES = {"load_checkpoint", "clip_text_encode", "empty_latent", "sample", "vae_decode", "save_image"}
@@ -400,14 +401,6 @@ def test_an_installed_plugin_is_found_through_its_entry_point(site_packages):
     assert registry.stages["blur"].plugin == "blur"
     assert registry.stages["blur"].version == "1.4.2"
     assert "blur 1.4.2  (sdflow_blur)\n  stages: blur" in plugin_table(registry)
-
-
-def sdflow_cli(*args: str, pythonpath: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_COLOR": "1"}
-    if pythonpath is not None:
-        env["PYTHONPATH"] = str(pythonpath)
-    return subprocess.run([sys.executable, "-m", "sdflow.cli", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
 
 
 def test_the_cli_lists_a_broken_plugin_with_its_error(broken_plugin_folder):
