@@ -51,8 +51,10 @@ class StageSpec:
     ``params`` is a pydantic model of the literal arguments (validated in
     strict mode); ``inputs`` and ``outputs`` are typed ports that connect
     stages.  An ``output`` stage (save_image) is one a recipe runs for: only
-    stages leading to one are run.  ``run`` is the function that executes it,
-    given by the plugin for the executor, never called by the checker.
+    stages leading to one are run.  ``run`` is the function that executes it
+    and ``identify`` the one that names the files it reads (for the cache
+    key); each is a function or a ``"module:function"`` string imported when
+    the stage first runs.  The checker never calls them.
     """
 
     id: str
@@ -63,7 +65,8 @@ class StageSpec:
     version: str
     doc: str
     plugin: str
-    run: Callable[..., Any] | None = None
+    run: Callable[..., Any] | str | None = None
+    identify: Callable[..., Any] | str | None = None
 
     @property
     def argument_names(self) -> list[str]:
@@ -155,7 +158,8 @@ class PluginRegistry:
         output: bool = False,
         version: str | None = None,
         doc: str = "",
-        run: Callable[..., Any] | None = None,
+        run: Callable[..., Any] | str | None = None,
+        identify: Callable[..., Any] | str | None = None,
     ) -> StageSpec | None:
         """Declare a stage type.
 
@@ -167,7 +171,7 @@ class PluginRegistry:
         and left out; the plugin's other stage types still register.
         """
         try:
-            spec = self._make_spec(id, params, inputs, outputs, output, version, doc, run)
+            spec = self._make_spec(id, params, inputs, outputs, output, version, doc, run, identify)
             self._check(spec)
         except PluginError as exc:
             self._registry.problems.append(PluginProblem(self._plugin.name, str(exc)))
@@ -176,7 +180,7 @@ class PluginRegistry:
         self._plugin.stages.append(id)
         return spec
 
-    def _make_spec(self, id, params, inputs, outputs, output, version, doc, run) -> StageSpec:
+    def _make_spec(self, id, params, inputs, outputs, output, version, doc, run, identify) -> StageSpec:
         try:
             inputs = {k: _port(v) for k, v in (inputs or {}).items()}
             outputs = {k: _port(v) for k, v in (outputs or {}).items()}
@@ -192,6 +196,7 @@ class PluginRegistry:
             doc=doc,
             plugin=self._plugin.name,
             run=run,
+            identify=identify,
         )
 
     def _check(self, spec: StageSpec) -> None:

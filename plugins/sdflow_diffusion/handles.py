@@ -1,0 +1,99 @@
+"""The values that flow through the diffusion stages' ports.
+
+One small class per port type.  Tensors live on the run's device in its
+dtype, except IMAGE and MASK, which are float32 on the CPU (what Pillow and
+the PNG writer need).  Imports torch only for type checking.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class Family:
+    """What a checkpoint is: its family and the settings that follow from it.
+
+    ``kind`` is "sd1", "sd2" or "sdxl"; ``name`` is the shipped config folder
+    it was loaded with (e.g. "sd15", "sd21-v", "sdxl-base", "sd1-tiny").
+    ``scheduler_config`` is the diffusers scheduler config of the family
+    (prediction type, beta schedule, zero terminal SNR, timestep spacing),
+    which every sampler honours.
+    """
+
+    name: str
+    kind: str
+    prediction_type: str
+    scheduler_config: dict[str, Any]
+    vae_scaling_factor: float
+    vae_shift_factor: float | None = None
+
+
+@dataclass(frozen=True)
+class ModelHandle:
+    """MODEL: the denoising U-Net of a checkpoint."""
+
+    unet: Any  # diffusers.UNet2DConditionModel
+    family: Family
+    identity: str  # sha256 of the checkpoint file (or of a folder's weights)
+    device: Any  # torch.device
+    dtype: Any  # torch.dtype
+
+
+@dataclass(frozen=True)
+class ClipHandle:
+    """CLIP: the tokenizer(s) and text encoder(s) of a checkpoint.
+
+    SD 1.x and 2.x have one of each; SDXL two (CLIP ViT-L, then OpenCLIP
+    ViT-bigG with projection, whose pooled output SDXL also conditions on).
+    """
+
+    tokenizers: tuple[Any, ...]  # transformers.CLIPTokenizer
+    encoders: tuple[Any, ...]  # CLIPTextModel / CLIPTextModelWithProjection
+    family: Family
+    identity: str
+    device: Any
+    dtype: Any
+
+
+@dataclass(frozen=True)
+class VaeHandle:
+    """VAE: the autoencoder, and the factor between its latents and the U-Net's."""
+
+    vae: Any  # diffusers.AutoencoderKL
+    family: Family
+    identity: str
+    device: Any
+    dtype: Any
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """CONDITIONING: encoded prompt(s).
+
+    ``embeds``: [1, tokens, dim] (tokens = 77 x chunks); ``pooled``: [1, dim]
+    for SDXL, else None.
+    """
+
+    embeds: "torch.Tensor"
+    pooled: "torch.Tensor | None" = None
+
+
+@dataclass(frozen=True)
+class Latent:
+    """LATENT: [batch, channels, height/f, width/f] in the U-Net's space
+    (the VAE's latents times its scaling factor), float32 on the CPU between
+    stages.  ``noise_mask`` is for inpainting (None: repaint everything).
+    """
+
+    samples: "torch.Tensor"
+    noise_mask: "torch.Tensor | None" = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# IMAGE: torch.Tensor [batch, height, width, 3], float32 in [0, 1], on the CPU.
+# MASK:  torch.Tensor [batch, height, width], float32 in [0, 1], on the CPU.
