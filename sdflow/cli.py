@@ -61,6 +61,24 @@ def _parser() -> argparse.ArgumentParser:
     stages.add_argument("name", nargs="?")
     stages.set_defaults(handler=_cmd_stages)
 
+    run = sub.add_parser("run", help="run a recipe: load models, sample, write images")
+    run.add_argument("file", metavar="FILE")
+    _add_set(run)
+    run.add_argument("--output", default="output", metavar="DIR", help="folder for images (default ./output)")
+    run.add_argument("--models-dir", action="append", default=[], metavar="DIR",
+                     help="where models/checkpoints are looked up (repeatable; also $SDFLOW_MODELS)")
+    run.add_argument("--device", choices=("auto", "cuda", "cpu", "mps"), default="auto")
+    run.add_argument("--dtype", choices=("auto", "fp16", "bf16", "fp32"), default="auto")
+    run.add_argument("--allow-pickle", action="store_true",
+                     help="allow .ckpt/.pt checkpoints (loaded with weights_only=True)")
+    run.add_argument("--json", action="store_true", help="print one JSON event per line on stdout")
+    run.set_defaults(handler=_cmd_run)
+
+    show = sub.add_parser("show", help="print the recipe and settings stored in an image")
+    show.add_argument("image", metavar="IMAGE.png")
+    show.add_argument("--recipe", action="store_true", help="print only the recipe text")
+    show.set_defaults(handler=_cmd_show)
+
     plugins = sub.add_parser("plugins", help="list plugins, their versions and what they add")
     plugins.set_defaults(handler=_cmd_plugins)
 
@@ -185,6 +203,88 @@ def _cmd_stages(args) -> int:
         hint = did_you_mean(args.name, registry.stages) or "run 'sdflow stages' to list them"
         raise _Usage(f"unknown stage type '{args.name}'; {hint}")
     print(stage_detail(spec))
+    return EXIT_OK
+
+
+def _cmd_run(args) -> int:
+    from sdflow.execute import Events, Executor, Interrupted, RunError, RunOptions
+
+    registry = _registry()
+    source, _recipe, graph, diagnostics = _check_file(args.file, registry, _overrides(args.set))
+    print_diagnostics(diagnostics, {args.file: source}, sys.stderr)
+    if graph is None:
+        return EXIT_DIAGNOSTICS
+    options = RunOptions(
+        device=args.device,
+        dtype=args.dtype,
+        output_dir=Path(args.output),
+        models_dirs=tuple(Path(d) for d in args.models_dir),
+        recipe_dir=Path(args.file).resolve().parent,
+        allow_pickle=args.allow_pickle,
+    )
+    executor = Executor(Events(json_stream=sys.stdout if args.json else None))
+    with _interrupt_between_steps(executor):
+        try:
+            result = executor.run(graph, options)
+        except RunError as err:
+            print_diagnostics(err.diagnostics, {args.file: source}, sys.stderr)
+            return EXIT_DIAGNOSTICS
+        except Interrupted:
+            print("sdflow: interrupted; no partial file was written", file=sys.stderr)
+            return 130
+    if not args.json:
+        for path in result.files:
+            print(path)
+    return EXIT_OK
+
+
+class _interrupt_between_steps:
+    """The first Ctrl-C asks the run to stop after the current step; a
+    second one stops at once."""
+
+    def __init__(self, executor):
+        self.executor = executor
+
+    def __enter__(self):
+        import signal
+
+        self.signal = signal
+        try:
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: leave Ctrl-C as it is
+            self.previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        if self.executor.interrupted:
+            raise KeyboardInterrupt
+        self.executor.interrupt()
+        print("\nsdflow: stopping after this step (Ctrl-C again to stop now)", file=sys.stderr)
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            self.signal.signal(self.signal.SIGINT, self.previous)
+
+
+def _cmd_show(args) -> int:
+    from sdflow.pngtext import read_png_text
+
+    try:
+        text = read_png_text(Path(args.image))
+    except FileNotFoundError:
+        raise _Usage(f"{args.image}: no such file") from None
+    except ValueError as err:
+        raise _Usage(f"{args.image}: {err}") from None
+    if "recipe" not in text:
+        raise _Usage(f"{args.image}: no sdflow recipe in this image")
+    if args.recipe:
+        print(text["recipe"], end="" if text["recipe"].endswith("\n") else "\n")
+        return EXIT_OK
+    for key, value in text.items():
+        if key != "recipe":
+            print(f"{key}: {value}")
+    print("recipe:")
+    print("    " + text["recipe"].rstrip("\n").replace("\n", "\n    "))
     return EXIT_OK
 
 

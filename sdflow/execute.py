@@ -88,6 +88,12 @@ class Events:
             self.json_stream.write(json.dumps({"event": event, **fields}, default=str) + "\n")
             self.json_stream.flush()
 
+    def status(self, text: str, final: bool = False) -> None:
+        """One line about a stage, rewritten in place until it is final."""
+        if self.bar_stream is not None:
+            self.bar_stream.write(f"\r{text:<72}" + ("\n" if final else ""))
+            self.bar_stream.flush()
+
     def bar(self, label: str, done: int, total: int, seconds: float, final: bool = False) -> None:
         if self.bar_stream is None:
             return
@@ -254,6 +260,8 @@ class Executor:
             raise RunError([_diagnostic(node, "E603", f"stage type '{node.spec.id}' cannot run",
                                         f"plugin '{node.spec.plugin}' declares it without a run function")])
         self.events.emit("stage_started", stage=node.key, type=node.spec.id, line=node.span.line)
+        label = f"{node.key} ({node.spec.id})"
+        self.events.status(f"{label} ...")
         start = time.perf_counter()
         try:
             outputs = run(ctx, node.params, **inputs) or {}
@@ -271,6 +279,7 @@ class Executor:
             raise RunError([_diagnostic(node, "E603", f"stage type '{node.spec.id}' gave no {sorted(missing)}",
                                         f"a bug in plugin '{node.spec.plugin}'")])
         seconds = time.perf_counter() - start
+        self.events.status(f"{label} done in {seconds:.2f}s", final=True)
         self.events.emit("stage_done", stage=node.key, type=node.spec.id, cached=False, seconds=round(seconds, 3))
         return outputs
 

@@ -13,6 +13,9 @@ from sdflow_diffusion import params
 
 __version__ = "0.1.0"
 
+# Run functions are named, not imported: declaring stages must not import torch.
+_RUN = "sdflow_diffusion.stages:"
+
 PORT_TYPES = {
     "MODEL": "the denoising U-Net, with its noise schedule settings",
     "CLIP": "the text encoder(s) and tokenizer(s)",
@@ -34,6 +37,8 @@ def sdflow_port_types(registry):
 def sdflow_stage_types(registry):
     registry.add_stage(
         "load_checkpoint",
+        run=_RUN + "load_checkpoint",
+        identify=_RUN + "identify_checkpoint",
         params=params.LoadCheckpoint,
         outputs={
             "model": Port("MODEL", "the U-Net"),
@@ -45,6 +50,7 @@ def sdflow_stage_types(registry):
     )
     registry.add_stage(
         "clip_text_encode",
+        run=_RUN + "clip_text_encode",
         params=params.ClipTextEncode,
         inputs={"clip": Port("CLIP", "the text encoder")},
         outputs={"conditioning": Port("CONDITIONING", "the encoded prompt")},
@@ -52,12 +58,14 @@ def sdflow_stage_types(registry):
     )
     registry.add_stage(
         "empty_latent",
+        run=_RUN + "empty_latent",
         params=params.EmptyLatent,
         outputs={"latent": Port("LATENT", "an all-zero latent batch")},
         doc="A blank latent batch to draw on, of the given image size. ComfyUI: EmptyLatentImage.",
     )
     registry.add_stage(
         "sample",
+        run=_RUN + "sample",
         params=params.Sample,
         inputs={
             "model": Port("MODEL", "the U-Net"),
@@ -70,6 +78,7 @@ def sdflow_stage_types(registry):
     )
     registry.add_stage(
         "vae_decode",
+        run=_RUN + "vae_decode",
         params=params.VaeDecode,
         inputs={"vae": Port("VAE", "the autoencoder"), "latent": Port("LATENT", "the latent")},
         outputs={"image": Port("IMAGE", "the decoded images")},
@@ -77,6 +86,7 @@ def sdflow_stage_types(registry):
     )
     registry.add_stage(
         "save_image",
+        run=_RUN + "save_image",
         params=params.SaveImage,
         inputs={"image": Port("IMAGE", "the images to save")},
         output=True,
