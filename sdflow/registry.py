@@ -205,7 +205,7 @@ class PluginRegistry:
         existing = self._registry.stages.get(spec.id)
         if existing is not None:
             raise PluginError(f"stage type '{spec.id}' is already defined by plugin '{existing.plugin}'")
-        if not (isinstance(spec.params, type) and issubclass(spec.params, BaseModel)):
+        if not (isinstance(spec.params, type) and issubclass(spec.params, BaseModel)) or spec.params is BaseModel:
             raise PluginError(f"stage type '{spec.id}': params must be a pydantic BaseModel class")
         if not spec.outputs and not spec.output:
             raise PluginError(f"stage type '{spec.id}' has no outputs and is not an output stage")

@@ -1,0 +1,198 @@
+"""The executor, through a small pure-Python plugin: order, cache, events,
+failures at their recipe line, interrupts.  No torch: the executor is generic."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from pydantic import BaseModel, Field
+
+from sdflow import hookimpl
+from sdflow.execute import Events, Executor, Interrupted, RunError, RunOptions, StageError
+from sdflow.graph import check_source
+from sdflow.registry import build_registry, plugin_manager
+
+CALLS: list[str] = []
+
+
+class NoParams(BaseModel):
+    pass
+
+
+class Value(BaseModel):
+    value: int = 0
+
+
+class Steps(BaseModel):
+    steps: int = Field(3, ge=1)
+
+
+class Name(BaseModel):
+    name: str
+
+
+def number(ctx, params):
+    CALLS.append(f"number {params.value}")
+    return {"out": params.value}
+
+
+def add(ctx, params, a, b):
+    CALLS.append(f"add {a}+{b}")
+    return {"out": a + b}
+
+
+def slow(ctx, params, x):
+    CALLS.append("slow")
+    with ctx.progress(params.steps, "steps") as progress:
+        for step in range(params.steps):
+            if ctx.options.extra.get("interrupt_at") == step:
+                ctx.executor.interrupt()
+            progress.step()
+    return {"out": x}
+
+
+def broken(ctx, params, x):
+    return {"out": x / 0}
+
+
+def refuse(ctx, params, x):
+    raise StageError("the model file is truncated", "download it again")
+
+
+def write(ctx, params, x):
+    CALLS.append(f"write {x}")
+    path = ctx.options.output_dir / f"{params.name}.txt"
+    path.write_text(str(x))
+    ctx.file_written(path)
+
+
+class Arithmetic:
+    @hookimpl
+    def sdflow_port_types(self, registry):
+        registry.add_port_type("NUMBER", "an integer")
+
+    @hookimpl
+    def sdflow_stage_types(self, registry):
+        registry.add_stage("number", params=Value, outputs={"out": "NUMBER"}, run=number)
+        registry.add_stage("add", params=NoParams, inputs={"a": "NUMBER", "b": "NUMBER"},
+                           outputs={"out": "NUMBER"}, run=add)
+        registry.add_stage("slow", params=Steps, inputs={"x": "NUMBER"}, outputs={"out": "NUMBER"}, run=slow)
+        registry.add_stage("broken", params=NoParams, inputs={"x": "NUMBER"}, outputs={"out": "NUMBER"},
+                           run=broken)
+        registry.add_stage("refuse", params=NoParams, inputs={"x": "NUMBER"}, outputs={"out": "NUMBER"},
+                           run=refuse)
+        # Named, not imported: as a plugin keeps torch out of `sdflow check`.
+        registry.add_stage("write", params=Name, inputs={"x": "NUMBER"}, output=True,
+                           run="test_execute:write")
+
+
+@pytest.fixture
+def registry():
+    pm, problems, versions = plugin_manager(entry_points=False)
+    pm.register(Arithmetic(), name="arithmetic")
+    yield build_registry(pm, problems, versions)
+    pm.unregister(name="arithmetic")
+
+
+@pytest.fixture(autouse=True)
+def fresh_calls():
+    CALLS.clear()
+
+
+def graph_of(text, registry, **overrides):
+    _recipe, graph, diagnostics = check_source(text, "sum.sdflow", registry, overrides)
+    assert graph is not None, diagnostics
+    return graph
+
+
+SUM = """\
+sdflow 1
+
+param b = 2
+
+one = number(value=1)
+two = number(value=b)
+total = add(a=one, b=two)
+double = add(a=total, b=total)
+unused = add(a=one, b=one)
+write(x=double, name="double")
+write(x=total, name="total")
+"""
+
+
+def test_runs_what_leads_to_an_output_each_stage_once(registry, tmp_path):
+    executor = Executor()
+    result = executor.run(graph_of(SUM, registry), RunOptions(output_dir=tmp_path))
+    assert CALLS == ["number 1", "number 2", "add 1+2", "add 3+3", "write 6", "write 3"]
+    assert [p.name for p in result.files] == ["double.txt", "total.txt"]
+    assert (tmp_path / "double.txt").read_text() == "6"
+
+
+def test_a_second_run_in_the_process_reuses_unchanged_results(registry, tmp_path):
+    executor = Executor()
+    executor.run(graph_of(SUM, registry), RunOptions(output_dir=tmp_path))
+    CALLS.clear()
+    result = executor.run(graph_of(SUM, registry), RunOptions(output_dir=tmp_path))
+    assert CALLS == ["write 6", "write 3"]  # output stages always run
+    assert result.cached == ["one", "two", "total", "double"]
+
+
+def test_a_changed_param_reruns_only_what_depends_on_it(registry, tmp_path):
+    executor = Executor()
+    executor.run(graph_of(SUM, registry), RunOptions(output_dir=tmp_path))
+    CALLS.clear()
+    executor.run(graph_of(SUM, registry, b="5"), RunOptions(output_dir=tmp_path))
+    assert CALLS == ["number 5", "add 1+5", "add 6+6", "write 12", "write 6"]
+
+
+def test_json_events_one_per_line(registry, tmp_path):
+    out = io.StringIO()
+    text = "sdflow 1\nx = number(value=4)\ny = slow(x=x, steps=2)\nwrite(x=y, name=\"y\")\n"
+    Executor(Events(json_stream=out)).run(graph_of(text, registry), RunOptions(output_dir=tmp_path))
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    summary = [(e["event"], e.get("stage"), e.get("step")) for e in events]
+    assert summary == [
+        ("run_started", None, None),
+        ("stage_started", "x", None), ("stage_done", "x", None),
+        ("stage_started", "y", None), ("step", "y", 1), ("step", "y", 2), ("stage_done", "y", None),
+        ("stage_started", "write@4", None), ("file_written", "write@4", None), ("stage_done", "write@4", None),
+        ("run_done", None, None),
+    ]
+    assert events[-1]["files"] == [str(tmp_path / "y.txt")]
+
+
+def test_no_progress_bar_when_piped(registry, tmp_path):
+    piped = io.StringIO()  # not a terminal
+    text = "sdflow 1\nx = number(value=4)\ny = slow(x=x)\nwrite(x=y, name=\"y\")\n"
+    Executor(Events(bar_stream=piped)).run(graph_of(text, registry), RunOptions(output_dir=tmp_path))
+    assert piped.getvalue() == ""
+
+
+def test_interrupt_stops_between_steps_before_any_file(registry, tmp_path):
+    text = "sdflow 1\nx = number(value=4)\ny = slow(x=x, steps=5)\nwrite(x=y, name=\"y\")\n"
+    options = RunOptions(output_dir=tmp_path, extra={"interrupt_at": 1})
+    with pytest.raises(Interrupted):
+        Executor().run(graph_of(text, registry), options)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failing_stage_is_reported_at_its_line_with_its_inputs(registry, tmp_path):
+    text = "sdflow 1\nx = number(value=4)\nbad = broken(x=x)\nwrite(x=bad, name=\"bad\")\n"
+    with pytest.raises(RunError) as caught:
+        Executor().run(graph_of(text, registry), RunOptions(output_dir=tmp_path))
+    (diagnostic,) = caught.value.diagnostics
+    assert (diagnostic.code, diagnostic.span.line, diagnostic.span.column) == ("E602", 3, 1)
+    assert diagnostic.message == "stage 'bad' (broken) failed: ZeroDivisionError: division by zero"
+    assert diagnostic.help == "its inputs: x=x.out"
+
+
+def test_a_stage_error_carries_its_own_message_and_help(registry, tmp_path):
+    text = "sdflow 1\nx = number(value=4)\nr = refuse(x=x)\nwrite(x=r, name=\"r\")\n"
+    with pytest.raises(RunError) as caught:
+        Executor().run(graph_of(text, registry), RunOptions(output_dir=tmp_path))
+    (diagnostic,) = caught.value.diagnostics
+    assert (diagnostic.code, diagnostic.message, diagnostic.help) == (
+        "E601", "the model file is truncated", "download it again")
+    assert diagnostic.span.line == 3
