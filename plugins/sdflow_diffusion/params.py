@@ -44,6 +44,11 @@ class LoadCheckpoint(_Params):
         min_length=1,
         description="checkpoint file: a name looked up in models/checkpoints, or a path",
     )
+    prediction: Literal["auto", "epsilon", "v_prediction"] = Field(
+        "auto",
+        description="what the model predicts; auto reads it from the file "
+        "(SD 2.x: v_prediction unless its name says 512 or base)",
+    )
 
 
 class ClipTextEncode(_Params):

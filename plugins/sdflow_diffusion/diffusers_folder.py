@@ -1,0 +1,65 @@
+"""A diffusers-format folder (``model_index.json``), loaded as it is.
+
+Its weights and configs are its own; only a missing tokenizer comes from
+the shipped CLIP vocabulary.  Its family is the shipped one whose tensors
+its configs describe (the same test a single file passes), so that every
+stage downstream sees a known kind; its scheduler config is its own.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from sdflow.execute import StageError
+from sdflow_diffusion.checkpoint import quiet, vae_dtype
+
+
+def load_folder(folder: Path, prediction: str, dtype: Any) -> tuple[dict[str, Any], Any]:
+    """The components and :class:`Family` of the diffusers folder ``folder``."""
+    import diffusers
+    import transformers
+
+    from sdflow_diffusion.families import build_components, detect_family, family_handle, pad_tokens, read_json
+    from sdflow_diffusion.ldm_layout import to_original
+    from sdflow_diffusion.tokenizer import clip_tokenizer
+
+    if not (folder / "model_index.json").is_file():
+        raise StageError(f"'{folder}' is a folder but not a diffusers model: it has no model_index.json",
+                         help="name a .safetensors file, or a folder saved by diffusers' save_pretrained")
+    index = read_json(folder / "model_index.json")
+    kind = "sdxl" if "text_encoder_2" in index else _text_kind(folder)
+    chosen = None if prediction == "auto" else prediction
+    name = detect_family(to_original(build_components(folder, kind, meta=True), kind), chosen)
+    local = dict(local_files_only=True)
+    vae_type = vae_dtype(read_json(folder / "vae" / "config.json"), dtype)
+    with quiet():
+        components = {
+            "unet": diffusers.UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype,
+                                                                   **local),
+            "vae": diffusers.AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=vae_type, **local),
+        }
+        for encoder, pad in zip(("text_encoder", "text_encoder_2"), pad_tokens(kind)):
+            model_class = getattr(transformers, index[encoder][1])
+            components[encoder] = model_class.from_pretrained(folder, subfolder=encoder, **_dtype_kwarg(dtype),
+                                                              **local)
+            tokenizer = encoder.replace("text_encoder", "tokenizer")
+            has_own = (folder / tokenizer).is_dir() and any((folder / tokenizer).iterdir())
+            components[tokenizer] = (transformers.CLIPTokenizer.from_pretrained(folder, subfolder=tokenizer, **local)
+                                     if has_own else clip_tokenizer(pad))
+    return components, family_handle(name, chosen, folder=folder)
+
+
+def _text_kind(folder: Path) -> str:
+    """SD 2.x's OpenCLIP encoder uses GELU, SD 1.x's OpenAI CLIP quick GELU."""
+    config = json.loads((folder / "text_encoder" / "config.json").read_text(encoding="utf-8"))
+    return "sd2" if config.get("hidden_act") == "gelu" else "sd1"
+
+
+def _dtype_kwarg(dtype: Any) -> dict[str, Any]:
+    """transformers 5 renamed ``torch_dtype`` to ``dtype`` (and warns on the old name)."""
+    import transformers
+
+    major = int(transformers.__version__.split(".")[0])
+    return {"dtype": dtype} if major >= 5 else {"torch_dtype": dtype}

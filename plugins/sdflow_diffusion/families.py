@@ -1,0 +1,193 @@
+"""The model families sdflow ships configs for, and telling them apart.
+
+A single-file checkpoint carries weights but no config, so each supported
+family ships as package data: ``families/<name>/`` is a diffusers-style
+config tree (``model_index.json``, ``unet/config.json``, ...; no weights, no
+tokenizer) plus ``family.json`` (kind, prediction type, description).
+
+:func:`detect_family` names the family of a state dict from its keys AND
+shapes: from each family's configs it derives every tensor a checkpoint of
+that family must hold, in the original single-file layout, with its shape
+(built on the meta device: nothing is allocated).  A file matches a family
+when it holds all of them with those shapes; extra tensors (EMA copies, the
+last OpenCLIP layer SD 2.x does not use, ``position_ids``) are ignored.  So a
+real SD 1.5 file and the tiny test model are told apart by shape alone.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import types
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from sdflow.execute import StageError
+
+FAMILIES_DIR = Path(__file__).parent / "families"
+KIND_PREFIXES = {  # the text encoder's prefix says the kind before any shape is compared
+    "sdxl": "conditioner.embedders.1.model.",
+    "sd2": "cond_stage_model.model.",
+    "sd1": "cond_stage_model.transformer.",
+}
+PARTS = {"model.diffusion_model.": "U-Net", "first_stage_model.": "VAE",
+         "cond_stage_model.": "text encoder", "conditioner.embedders.": "text encoder"}
+
+
+def family_names() -> list[str]:
+    return sorted(p.name for p in FAMILIES_DIR.iterdir() if (p / "family.json").is_file())
+
+
+def family_dir(name: str) -> Path:
+    folder = FAMILIES_DIR / name
+    if not (folder / "family.json").is_file():
+        raise KeyError(f"no shipped family {name!r}; there are {family_names()}")
+    return folder
+
+
+@functools.cache
+def family_info(name: str) -> dict[str, Any]:
+    """``family.json`` of a shipped family."""
+    return read_json(family_dir(name) / "family.json")
+
+
+def family_handle(name: str, prediction: str | None = None, folder: Path | None = None,
+                  scheduler_overrides: dict[str, Any] | None = None):
+    """The :class:`~sdflow_diffusion.handles.Family` of a checkpoint loaded
+    with family ``name``'s configs (or a diffusers ``folder``'s own), with its
+    prediction type set to ``prediction`` when given."""
+    from sdflow_diffusion.handles import Family
+
+    info = family_info(name)
+    folder = folder or family_dir(name)
+    own_scheduler = folder / "scheduler" / "scheduler_config.json"
+    scheduler = read_json(own_scheduler if own_scheduler.is_file() else
+                          family_dir(name) / "scheduler" / "scheduler_config.json")
+    vae = read_json(folder / "vae" / "config.json")
+    prediction = prediction or scheduler.get("prediction_type") or info["prediction_type"]
+    scheduler.update(scheduler_overrides or {}, prediction_type=prediction)
+    return Family(name=name, kind=info["kind"], prediction_type=prediction, scheduler_config=scheduler,
+                  vae_scaling_factor=float(vae.get("scaling_factor", info["vae_scaling_factor"])),
+                  vae_shift_factor=vae.get("shift_factor"))
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def pad_tokens(kind: str) -> tuple[str, ...]:
+    """The padding token of each text encoder's tokenizer: OpenAI CLIP pads
+    with its end token, OpenCLIP (SD 2.x, SDXL's second encoder) with "!"."""
+    from sdflow_diffusion.tokenizer import END
+
+    return {"sd1": (END,), "sd2": ("!",), "sdxl": (END, "!")}[kind]
+
+
+def build_components(folder: Path, kind: str, meta: bool = False) -> dict[str, Any]:
+    """Fresh (randomly initialised) components of ``kind`` from a config
+    tree; on the meta device when ``meta``, which costs no memory and little
+    time."""
+    import contextlib
+
+    import diffusers
+    import torch
+    import transformers
+
+    from sdflow_diffusion.tokenizer import clip_tokenizer
+
+    folder = Path(folder)
+    index = read_json(folder / "model_index.json")
+    components: dict[str, Any] = {}
+    with torch.device("meta") if meta else contextlib.nullcontext():
+        components["unet"] = diffusers.UNet2DConditionModel.from_config(read_json(folder / "unet" / "config.json"))
+        components["vae"] = diffusers.AutoencoderKL.from_config(read_json(folder / "vae" / "config.json"))
+        for name, pad in zip(("text_encoder", "text_encoder_2"), pad_tokens(kind)):
+            config = transformers.CLIPTextConfig.from_json_file(str(folder / name / "config.json"))
+            components[name] = getattr(transformers, index[name][1])(config).eval()
+            components[name.replace("text_encoder", "tokenizer")] = clip_tokenizer(pad)
+    if not meta:  # shapes are all a meta build is for
+        scheduler_config = read_json(folder / "scheduler" / "scheduler_config.json")
+        components["scheduler"] = getattr(diffusers, scheduler_config["_class_name"]).from_config(scheduler_config)
+    return components
+
+
+@functools.cache
+def expected_shapes(name: str) -> Mapping[str, tuple[int, ...]]:
+    """Every tensor a single-file checkpoint of family ``name`` must hold,
+    with its shape, derived from the family's configs (read-only: cached)."""
+    from sdflow_diffusion.ldm_layout import to_original
+
+    kind = family_info(name)["kind"]
+    components = build_components(family_dir(name), kind, meta=True)
+    shapes = {key: tuple(value.shape) for key, value in to_original(components, kind).items()}
+    return types.MappingProxyType(shapes)
+
+
+def detect_kind(keys: Any) -> str | None:
+    """"sd1", "sd2" or "sdxl" from the text encoders' key prefixes alone."""
+    for kind, prefix in KIND_PREFIXES.items():
+        if any(key.startswith(prefix) for key in keys):
+            return kind
+    return None
+
+
+def detect_family(keys_and_shapes: Mapping[str, Any], prediction: str | None = None) -> str:
+    """The shipped family whose tensors ``keys_and_shapes`` holds, by name.
+
+    ``keys_and_shapes`` maps each key of the state dict to its shape (or to
+    a tensor, meta tensors included).  When shapes cannot tell two families
+    apart (SD 2.x 512-base and 768-v differ only in training), the one whose
+    prediction type is ``prediction`` wins, else the one marked "preferred".
+    Raises StageError naming what was found when nothing matches.
+    """
+    shapes = {key: tuple(getattr(value, "shape", value)) for key, value in keys_and_shapes.items()}
+    if not any(key.startswith("model.diffusion_model.") for key in shapes):
+        raise StageError(
+            "not a Stable Diffusion checkpoint: no model.diffusion_model.* keys; "
+            f"found {len(shapes)} keys like {_examples(shapes)}",
+            help="load_checkpoint reads SD 1.x, SD 2.x and SDXL checkpoints in the original "
+                 "single-file layout (as in ComfyUI's models/checkpoints) or a diffusers folder")
+    kind = detect_kind(shapes)
+    candidates = [n for n in family_names() if kind is None or family_info(n)["kind"] == kind]
+    problems = {name: _differences(expected_shapes(name), shapes) for name in candidates}
+    matches = [name for name in candidates if not problems[name]]
+    if not matches:
+        raise _no_match(shapes, problems)
+    if len(matches) > 1:
+        by_prediction = [n for n in matches if family_info(n)["prediction_type"] == prediction]
+        preferred = [n for n in matches if family_info(n).get("preferred")]
+        matches = by_prediction or preferred or matches
+    return matches[0]
+
+
+def _differences(expected: Mapping[str, tuple], shapes: dict[str, tuple]) -> list[tuple[str, Any, Any]]:
+    """(key, expected shape, found shape or None) for each tensor that is off."""
+    return [(key, shape, shapes.get(key)) for key, shape in expected.items() if shapes.get(key) != shape]
+
+
+def _no_match(shapes: dict[str, tuple], problems: dict[str, list]) -> StageError:
+    closest = min(problems, key=lambda name: (len(problems[name]) / len(expected_shapes(name)), name))
+    differences = problems[closest]
+    absent = sorted({f"{label} ({prefix}*)" for prefix, label in PARTS.items()
+                     if any(key.startswith(prefix) for key, _, _ in differences)
+                     and not any(key.startswith(prefix) for key in shapes)})
+    if absent:
+        detail = f"it has no {' and no '.join(absent)} weights; a checkpoint holds all three parts"
+    else:
+        shown = "; ".join(
+            f"{key} is {list(found) if found is not None else 'missing'}, expected {list(shape)}"
+            for key, shape, found in differences[:3])
+        count = f"{len(differences)} tensor differs" if len(differences) == 1 else f"{len(differences)} tensors differ"
+        detail = f"{count} from {closest} ({family_info(closest)['description']}), e.g. {shown}"
+    supported = ", ".join(f"{n} ({family_info(n)['description']})"
+                          for n in family_names() if not family_info(n).get("tiny"))
+    return StageError(
+        f"unsupported Stable Diffusion checkpoint: {detail}",
+        help=f"load_checkpoint knows {supported}; inpainting, depth, refiner and "
+             "UNet-only files are not supported yet")
+
+
+def _examples(shapes: dict[str, tuple], count: int = 3) -> str:
+    keys = sorted(shapes)[:count]
+    return ", ".join(repr(k) for k in keys) + (", ..." if len(shapes) > count else "") if keys else "(none)"

@@ -1,0 +1,184 @@
+"""The sampler: sdflow's own denoising loop over a diffusers scheduler (KSampler).
+
+The loop is the one diffusers' Stable Diffusion pipelines run (set the
+timesteps, scale the start by ``init_noise_sigma``, per step scale the
+input, ask the U-Net, apply classifier-free guidance, ``scheduler.step``),
+written out here so that it can start from any latent, stop part way
+(``denoise``), report progress and be interrupted.  On the CPU in float32 it
+gives the pipelines' numbers bit for bit (tests/test_parity.py).
+
+Randomness.  Image ``i`` of a batch has its own CPU ``torch.Generator``
+seeded with ``seed + i``.  It first draws that image's starting noise, then
+every noise an ancestral or SDE sampler adds, always on the CPU, and the
+noise is then moved to the device.  So a seed gives the same start on any
+device, and image ``i`` of a batch gets exactly the noise a batch of one
+gets with seed ``seed + i`` (diffusers' pipelines do the same with a list of
+CPU generators); its pixels match up to the last bits, which kernels may
+round differently for another batch size.
+
+The latent stays float32 on the device between steps, and only the U-Net's
+input is cast to the model's dtype (as ComfyUI does); the returned latent is
+float32 on the CPU.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import torch
+
+from sdflow.execute import StageError
+from sdflow_diffusion.handles import Conditioning, Family, Latent, ModelHandle
+from sdflow_diffusion.sampler_table import scheduler_options, supported
+
+LATENT_CHANNELS = 4
+LATENT_FACTOR = 8  # pixels per latent cell in every supported family
+MAX_SCHEDULE = 10_000
+
+
+def empty_latent(width: int, height: int, batch: int) -> Latent:
+    """An all-zero latent batch for images of ``width`` x ``height`` pixels."""
+    shape = (batch, LATENT_CHANNELS, height // LATENT_FACTOR, width // LATENT_FACTOR)
+    return Latent(samples=torch.zeros(shape, dtype=torch.float32))
+
+
+def make_scheduler(family: Family, sampler: str, scheduler: str):
+    """The diffusers scheduler for a ComfyUI (sampler, schedule) pair: the
+    family's scheduler config (prediction type, betas, spacing...) with the
+    sampler's class and the schedule's options on top."""
+    import diffusers
+
+    problem = supported(sampler, scheduler)
+    if problem:
+        raise StageError(problem, "choose another sampler or scheduler (sdflow stages sample)")
+    class_name, options = scheduler_options(sampler, scheduler)
+    cls = getattr(diffusers, class_name)
+    accepted = inspect.signature(cls.__init__).parameters
+    # The family's config was written for one class; each class takes its own keys.
+    config = {k: v for k, v in {**family.scheduler_config, **options}.items() if k in accepted}
+    return cls.from_config(config)
+
+
+@torch.no_grad()
+def sample(model: ModelHandle, positive: Conditioning, negative: Conditioning, latent: Latent, *,
+           seed: int, steps: int, cfg: float, sampler: str, scheduler: str, denoise: float = 1.0,
+           progress=None) -> Latent:
+    """Denoise ``latent`` in ``steps`` steps guided by the prompts (KSampler).
+
+    ``denoise`` < 1 works as in ComfyUI: a schedule of ``int(steps / denoise)``
+    steps of which the last ``steps`` run, starting from the latent with noise
+    added at the first of them (img2img).  ``denoise`` 0 returns the latent.
+    ``progress.step()`` is called once per step (it raises when interrupted).
+    """
+    if latent.noise_mask is not None:
+        raise StageError("this sampler does not support a latent noise mask yet (inpainting)")
+    if denoise <= 0:
+        return Latent(latent.samples.clone(), None, dict(latent.extra))
+    sched = make_scheduler(model.family, sampler, scheduler)
+    timesteps, begin = _timesteps(sched, steps, denoise, model.device)
+    x, generators = _noisy_start(sched, latent.samples.to(model.device, torch.float32), seed, timesteps, begin)
+    guided = cfg > 1  # as the pipelines: at cfg <= 1 the negative is not run
+    context, added = _conditioning(model, positive, negative, x.shape, guided)
+    step_args = _step_arguments(sched, generators)
+    for i, t in enumerate(timesteps):
+        inputs = torch.cat([x] * 2) if guided else x
+        inputs = sched.scale_model_input(inputs, t).to(model.dtype)
+        prediction = model.unet(inputs, t, encoder_hidden_states=context, added_cond_kwargs=added,
+                                return_dict=False)[0].float()
+        if guided:
+            uncond, cond = prediction.chunk(2)
+            prediction = uncond + cfg * (cond - uncond)
+        x = sched.step(prediction, t, x, **step_args, return_dict=False)[0]
+        # Second-order samplers take two scheduler steps per step.
+        if progress is not None and ((i + 1) % sched.order == 0 or i == len(timesteps) - 1):
+            progress.step()
+    return Latent(x.float().cpu(), None, dict(latent.extra))
+
+
+def _timesteps(sched, steps: int, denoise: float, device) -> tuple[torch.Tensor, int]:
+    """The timesteps to run and the scheduler index they begin at."""
+    total = steps if denoise >= 1 else int(steps / denoise)
+    if total > MAX_SCHEDULE:
+        raise StageError(f"denoise {denoise} with {steps} steps makes a schedule of {total} steps",
+                         "raise denoise or lower steps")
+    try:
+        sched.set_timesteps(total, device=device)
+    except ValueError as err:  # e.g. more steps than the scheduler can place
+        raise StageError(f"{type(sched).__name__} cannot make {total} steps: {err}") from None
+    begin = (total - steps) * sched.order
+    if hasattr(sched, "set_begin_index"):
+        sched.set_begin_index(begin)
+    return sched.timesteps[begin:], begin
+
+
+def _noisy_start(sched, start: torch.Tensor, seed: int, timesteps: torch.Tensor, begin: int):
+    """The latent the loop starts from, and the generators that drew its noise.
+
+    From an empty latent over the whole schedule this is the pipelines'
+    ``noise * init_noise_sigma``; otherwise the latent is noised to the first
+    timestep by the scheduler (``add_noise``, as img2img does)."""
+    noise, generators = _initial_noise(start.shape, seed)
+    noise = noise.to(start.device)
+    if begin == 0 and not start.any():
+        return noise * sched.init_noise_sigma, generators
+    return sched.add_noise(start, noise, timesteps[:1].repeat(start.shape[0])), generators
+
+
+def _initial_noise(shape, seed: int) -> tuple[torch.Tensor, list[torch.Generator]]:
+    """Standard normal noise drawn on the CPU, image i from ``seed + i``, and the
+    generators, which go on to serve the sampler's own noise."""
+    generators = [torch.Generator("cpu").manual_seed((seed + i) % 2**64) for i in range(shape[0])]
+    noise = [torch.randn((1, *shape[1:]), generator=g, dtype=torch.float32) for g in generators]
+    return torch.cat(noise), generators
+
+
+def _step_arguments(sched, generators) -> dict:
+    """What the scheduler's step takes besides the prediction: the generators
+    (ancestral and SDE samplers) and DDIM's eta = 0, as the pipelines pass them."""
+    accepted = inspect.signature(sched.step).parameters
+    arguments = {}
+    if "generator" in accepted:
+        arguments["generator"] = generators
+    if "eta" in accepted:
+        arguments["eta"] = 0.0
+    return arguments
+
+
+def _conditioning(model: ModelHandle, positive: Conditioning, negative: Conditioning, shape,
+                  guided: bool) -> tuple[torch.Tensor, dict | None]:
+    """The U-Net's cross-attention context for the batch, [negative..., positive...]
+    when guided, and SDXL's added conditions (pooled text, size and crop)."""
+    batch = shape[0]
+    pos, neg = positive.embeds, negative.embeds
+    expected = model.unet.config.cross_attention_dim
+    if {pos.shape[-1], neg.shape[-1]} != {expected}:
+        raise StageError(f"the prompts were encoded for another model: {pos.shape[-1]} and "
+                         f"{neg.shape[-1]} features, this U-Net takes {expected}",
+                         "encode the prompts with the same checkpoint's clip")
+    if guided:
+        pos, neg = _common_length(pos, neg)
+    parts = [neg, pos] if guided else [pos]
+    context = torch.cat([p.to(model.device, model.dtype).expand(batch, -1, -1) for p in parts])
+    if model.family.kind != "sdxl":
+        return context, None
+    pooled = [negative.pooled, positive.pooled] if guided else [positive.pooled]
+    if any(p is None for p in pooled):
+        raise StageError("an SDXL model needs SDXL conditioning (with a pooled embedding)",
+                         "encode the prompts with the same checkpoint's clip")
+    text_embeds = torch.cat([p.to(model.device, model.dtype).expand(batch, -1) for p in pooled])
+    # SDXL's micro-conditioning: original size = target size = the image size, crop (0, 0).
+    height, width = shape[-2] * LATENT_FACTOR, shape[-1] * LATENT_FACTOR
+    time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=model.dtype, device=model.device)
+    return context, {"text_embeds": text_embeds, "time_ids": time_ids.repeat(len(text_embeds), 1)}
+
+
+def _common_length(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts of different lengths (in 77-token windows) repeated to their least
+    common multiple, as ComfyUI does, so both fit one batch.  Repeating a whole
+    prompt k times leaves cross-attention's output as it was: every key and
+    value appears k times, so the softmax average is the same."""
+    if a.shape[1] == b.shape[1]:
+        return a, b
+    length = math.lcm(a.shape[1], b.shape[1])
+    return a.repeat(1, length // a.shape[1], 1), b.repeat(1, length // b.shape[1], 1)

@@ -1,0 +1,178 @@
+"""A single-file checkpoint: read it safely, tell its family, convert it.
+
+The header of a ``.safetensors`` (keys, shapes, metadata) is read first: it
+is enough to detect the family and to refuse a broken or unknown file before
+reading gigabytes.  Then the file is read once into a state dict, and
+diffusers' own single-file conversion builds each component from it,
+configured by the family's shipped config folder (``local_files_only``:
+the shipped folder is complete, nothing is fetched).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sdflow.execute import RunOptions, StageError
+from sdflow_diffusion.checkpoint import PICKLE_SUFFIXES, quiet, vae_dtype
+
+BROKEN_HELP = ("the file is damaged or incomplete (an interrupted download?): download it again "
+               "and compare its size or SHA-256 with the source's")
+
+
+def load_single_file(path: Path, options: RunOptions, prediction: str, dtype: Any) -> tuple[dict[str, Any], Any]:
+    """The components and :class:`Family` of the checkpoint file ``path``."""
+    from sdflow_diffusion.families import detect_family, detect_kind, family_handle
+
+    state = None
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        state, metadata = _read_pickle(path, options), {}
+        shapes = {key: tuple(value.shape) for key, value in state.items()}
+    else:
+        shapes, metadata = _read_header(path)
+    chosen = resolve_prediction(prediction, shapes, metadata, path, detect_kind(shapes))
+    name = detect_family(shapes, chosen)
+    if state is None:
+        state = _read_safetensors(path)
+    scheduler = {"rescale_betas_zero_snr": True} if "ztsnr" in shapes else {}
+    family = family_handle(name, chosen, scheduler_overrides=scheduler)
+    return convert(state, name, dtype), family
+
+
+def resolve_prediction(prediction: str, keys: Any, metadata: dict[str, str], path: Path,
+                       kind: str | None) -> str | None:
+    """What the model predicts, or None to let the family decide.
+
+    In order: the recipe's ``prediction`` unless "auto"; a ``v_pred`` key
+    (ComfyUI saves one in v-prediction checkpoints); the ModelSpec metadata
+    (``modelspec.prediction_type``, or an architecture ending in ``-v``).
+    SD 2.x files rarely say: their name decides, the way Stability named
+    them: "512" or "base" in it (``512-base-ema``, ``v2-1_512-ema-pruned``)
+    means the epsilon 512-base model, anything else the 768 v-prediction
+    model (``768-v-ema``, ``v2-1_768-ema-pruned``) and most SD 2.x
+    fine-tunes.  SD 1.x and SDXL are epsilon unless the file says otherwise.
+    """
+    if prediction != "auto":
+        return prediction
+    if "v_pred" in keys:
+        return "v_prediction"
+    stated = metadata.get("modelspec.prediction_type", "").strip().lower()
+    if stated in ("v", "v_prediction", "v-prediction"):
+        return "v_prediction"
+    if stated in ("epsilon", "eps"):
+        return "epsilon"
+    if metadata.get("modelspec.architecture", "").endswith("-v"):
+        return "v_prediction"
+    if kind == "sd2":
+        name = path.name.lower()
+        return "epsilon" if re.search(r"512|base", name) else "v_prediction"
+    return None
+
+
+def convert(state: dict[str, Any], name: str, dtype: Any) -> dict[str, Any]:
+    """Components of family ``name`` from an original-layout state dict,
+    converted by diffusers (the same functions its pipelines'
+    ``from_single_file`` uses), in ``dtype``."""
+    import diffusers
+    import transformers
+    from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
+
+    from sdflow_diffusion.families import family_dir, family_info, pad_tokens, read_json
+    from sdflow_diffusion.tokenizer import clip_tokenizer
+
+    folder = family_dir(name)
+    index = read_json(folder / "model_index.json")
+    common = dict(config=str(folder), local_files_only=True)
+    vae_config = read_json(folder / "vae" / "config.json")
+    with quiet(), _no_random_init():
+        components = {
+            "unet": diffusers.UNet2DConditionModel.from_single_file(state, subfolder="unet", torch_dtype=dtype,
+                                                                    **common),
+            "vae": diffusers.AutoencoderKL.from_single_file(state, subfolder="vae",
+                                                            torch_dtype=vae_dtype(vae_config, dtype), **common),
+        }
+        for encoder, pad in zip(("text_encoder", "text_encoder_2"), pad_tokens(family_info(name)["kind"])):
+            model_class = getattr(transformers, index[encoder][1])
+            components[encoder] = create_diffusers_clip_model_from_ldm(
+                model_class, state, subfolder=encoder, torch_dtype=dtype, **common)
+            components[encoder.replace("text_encoder", "tokenizer")] = clip_tokenizer(pad)
+    return components
+
+
+@contextlib.contextmanager
+def _no_random_init() -> Iterator[None]:
+    """Skip the random initialisation of the models about to be loaded.
+
+    Without ``accelerate``, diffusers builds each model with random weights
+    before copying the file's in (11 s of 14 for SD 1.5 on two cores).  It
+    is safe to skip here: :func:`detect_family` has proved that the file
+    holds every tensor of the family with its shape, and the tests prove
+    that the conversion fills every parameter.
+    """
+    from diffusers.models.modeling_utils import no_init_weights as diffusers_no_init
+
+    try:
+        from transformers.initialization import no_init_weights as transformers_no_init
+    except ImportError:  # transformers 4
+        from transformers.modeling_utils import no_init_weights as transformers_no_init
+    with diffusers_no_init(), transformers_no_init():
+        yield
+
+
+def _read_header(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """Keys, shapes and metadata of a ``.safetensors``, without its tensors."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    except Exception as err:  # safetensors raises its own error types, and OSError
+        raise _unreadable(path, err) from None
+    return shapes, metadata
+
+
+def _read_safetensors(path: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as err:
+        raise _unreadable(path, err) from None
+
+
+def _unreadable(path: Path, err: Exception) -> StageError:
+    size = path.stat().st_size if path.exists() else 0
+    if path.suffix.lower() not in (".safetensors", ".sft"):
+        return StageError(f"cannot read '{path.name}': not a .safetensors file ({err})",
+                          help="load_checkpoint reads .safetensors files and diffusers folders "
+                               "(and .ckpt/.pt pickles with --allow-pickle)")
+    return StageError(f"cannot read '{path.name}' ({size} bytes): not a valid safetensors file ({err})",
+                      help=BROKEN_HELP)
+
+
+def _read_pickle(path: Path, options: RunOptions) -> dict[str, Any]:
+    """A pickle checkpoint, only when allowed, and then only its tensors."""
+    import torch
+
+    if not options.allow_pickle:
+        raise StageError(
+            f"'{path.name}' is a pickle checkpoint ({path.suffix}), and loading a pickle can run any code "
+            "hidden in it, so sdflow does not load one unless asked",
+            help="use a .safetensors version of the model, or pass --allow-pickle if you trust this "
+                 "file (it is then loaded with torch.load(weights_only=True), tensors only)")
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise StageError(f"cannot load the pickle '{path.name}' as plain tensors "
+                         f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})",
+                         help="it is damaged, or holds objects other than tensors; convert it to "
+                              ".safetensors with a tool you trust") from None
+    while isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]  # training checkpoints nest the weights
+    if not isinstance(state, dict):
+        raise StageError(f"'{path.name}' holds a {type(state).__name__}, not a state dict of tensors")
+    return {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}

@@ -1,0 +1,106 @@
+"""Tiny Stable Diffusion models for tests, saved the way users' files are.
+
+For plugin authors and sdflow's own tests: :func:`tiny_components` builds
+real diffusers/transformers objects from the shipped tiny family configs
+(``sd1-tiny``, ``sd2-tiny``, ``sdxl-tiny``: the real architectures, shrunk to
+a few hundred thousand parameters plus CLIP's 49408-token embedding) with
+seeded random weights, so that a test runs the same code a real checkpoint
+runs, in well under a second, without downloading anything.
+
+:func:`save_single_file` writes them as ONE ``.safetensors`` in the original
+Stable Diffusion key layout (what ComfyUI's ``models/checkpoints`` holds) and
+:func:`save_diffusers` as a diffusers folder, so that loading goes through
+exactly the code path a user's file takes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from sdflow_diffusion.families import family_dir
+
+Kind = Literal["sd1", "sd2", "sdxl"]
+TINY_FAMILY = {"sd1": "sd1-tiny", "sd2": "sd2-tiny", "sdxl": "sdxl-tiny"}
+
+
+def tiny_components(kind: Kind, seed: int = 0) -> dict[str, Any]:
+    """The components of a tiny pipeline of ``kind``, deterministic in ``seed``.
+
+    Keys: unet, vae, text_encoder, tokenizer, scheduler, and for SDXL also
+    text_encoder_2 and tokenizer_2.  Every weight is drawn from a generator
+    seeded with ``seed`` (norm scales near 1, the rest small), so that no two
+    tensors are equal and a key mapped to the wrong place is caught.
+    """
+    import torch
+
+    from sdflow_diffusion.families import build_components
+
+    if kind not in TINY_FAMILY:
+        raise ValueError(f"kind must be one of {sorted(TINY_FAMILY)}, not {kind!r}")
+    with torch.random.fork_rng(devices=[]):  # leave the caller's global seed alone
+        components = build_components(family_dir(TINY_FAMILY[kind]), kind)
+    _randomize(components, seed)
+    return components
+
+
+def _randomize(components: dict[str, Any], seed: int) -> None:
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name in sorted(components):
+            module = components[name]
+            if not isinstance(module, torch.nn.Module):
+                continue
+            for key, param in sorted(module.named_parameters()):
+                noise = torch.randn(param.shape, generator=generator, dtype=torch.float32)
+                is_scale = key.endswith("weight") and param.ndim == 1  # a norm's scale
+                param.copy_(1.0 + 0.1 * noise if is_scale else 0.05 * noise)
+            module.eval()
+
+
+def save_single_file(components: dict[str, Any], path: Path, metadata: dict[str, str] | None = None) -> Path:
+    """Write ``components`` as one ``.safetensors`` in the original Stable
+    Diffusion layout (``model.diffusion_model.*``, ``first_stage_model.*``,
+    and the text encoders under ``cond_stage_model.*`` or
+    ``conditioner.embedders.*``)."""
+    from safetensors.torch import save_file
+
+    from sdflow_diffusion.ldm_layout import to_original
+
+    state = to_original(components)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous() for k, v in state.items()}, str(path), metadata=metadata)
+    return path
+
+
+def save_diffusers(components: dict[str, Any], folder: Path) -> Path:
+    """Write ``components`` as a diffusers folder (``model_index.json`` and
+    one subfolder per component, weights as safetensors)."""
+    from sdflow_diffusion.checkpoint import quiet
+
+    folder = Path(folder)
+    with quiet():  # importing the pipelines makes transformers talk about image processors
+        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+        if "text_encoder_2" in components:
+            pipeline = StableDiffusionXLPipeline(**components)
+        else:
+            pipeline = StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None,
+                                               requires_safety_checker=False)
+        pipeline.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def tiny_checkpoint(folder: Path, kind: Kind, layout: Literal["single", "diffusers"] = "single",
+                    seed: int = 0) -> Path:
+    """Save a tiny ``kind`` model into ``folder`` and return its path: a file
+    ``tiny-<kind>.safetensors`` or a folder ``tiny-<kind>``."""
+    components = tiny_components(kind, seed)
+    if layout == "single":
+        return save_single_file(components, Path(folder) / f"tiny-{kind}.safetensors")
+    if layout == "diffusers":
+        return save_diffusers(components, Path(folder) / f"tiny-{kind}")
+    raise ValueError(f"layout must be 'single' or 'diffusers', not {layout!r}")
