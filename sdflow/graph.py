@@ -611,6 +611,8 @@ def _explain(spec: StageSpec, field_name: str | None, e: dict) -> tuple[str, str
         choices = _choices(spec, field_name)
         hint = did_you_mean(str(value), choices) if isinstance(value, str) else None
         return "E403", f"{label} cannot be {value!r}", hint or f"choose {one_of(choices)}"
+    if kind == "value_error" and ctx.get("error") is not None:
+        return "E409", f"{label}: {ctx['error']}", None
     message = e["msg"][0].lower() + e["msg"][1:] if e.get("msg") else kind
     return "E409", f"{label}: {message}", None
 

@@ -18,8 +18,7 @@ import pytest
 import torch
 from sdflow_diffusion.decode import decode, to_pil
 from sdflow_diffusion.encode import encode_text, token_windows
-from sdflow_diffusion.families import family_handle
-from sdflow_diffusion.handles import ClipHandle, Latent, ModelHandle, VaeHandle
+from sdflow_diffusion.handles import Latent
 from sdflow_diffusion.sampler_table import SAMPLERS, supported
 from sdflow_diffusion.sampling import (
     _initial_noise,
@@ -28,7 +27,7 @@ from sdflow_diffusion.sampling import (
     make_scheduler,
     sample,
 )
-from sdflow_diffusion.testing import TINY_FAMILY, tiny_components
+from sdflow_diffusion.testing import tiny_components, tiny_handles
 
 from sdflow.execute import Interrupted, StageError
 
@@ -44,13 +43,7 @@ LONG_PROMPT = ", ".join(["a red circle on a blue background, oil painting"] * 10
 def tiny(kind: str):
     """(components, (model, clip, vae) handles) of a tiny ``kind`` model on the CPU in float32."""
     components = tiny_components(kind, seed=0)
-    family = family_handle(TINY_FAMILY[kind])
-    cpu, f32 = torch.device("cpu"), torch.float32
-    encoders = [n for n in ("text_encoder", "text_encoder_2") if n in components]
-    clip = ClipHandle(tuple(components[n.replace("text_encoder", "tokenizer")] for n in encoders),
-                      tuple(components[n] for n in encoders), family, "tiny", cpu, f32)
-    model = ModelHandle(components["unet"], family, "tiny", cpu, f32)
-    return components, (model, clip, VaeHandle(components["vae"], family, "tiny", cpu, f32))
+    return components, tiny_handles(kind, components=components)
 
 
 def ours(kind, prompt=PROMPT, negative=NEGATIVE, *, seed=SEED, steps=STEPS, cfg=7.5, sampler="euler",

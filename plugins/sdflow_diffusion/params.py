@@ -9,25 +9,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-# ComfyUI's sampler names that a diffusers scheduler serves (see DESIGN.md).
-SAMPLERS = (
-    "euler",
-    "euler_ancestral",
-    "heun",
-    "dpm_2",
-    "dpm_2_ancestral",
-    "lms",
-    "dpmpp_2m",
-    "dpmpp_2m_sde",
-    "dpmpp_sde",
-    "ddim",
-    "ddpm",
-    "uni_pc",
-    "lcm",
-)
-SCHEDULERS = ("normal", "karras", "exponential", "beta", "sgm_uniform", "simple")
+from sdflow_diffusion import sampler_table
+
+# ComfyUI's names that a diffusers scheduler serves (see DESIGN.md and
+# sampler_table.py, which maps each to its diffusers class and options).
+SAMPLERS = tuple(sampler_table.SAMPLERS)
+SCHEDULERS = tuple(sampler_table.SCHEDULES)
 
 Sampler = Literal[SAMPLERS]  # type: ignore[valid-type]
 Scheduler = Literal[SCHEDULERS]  # type: ignore[valid-type]
@@ -69,6 +58,17 @@ class Sample(_Params):
     scheduler: Scheduler = Field("normal", description="noise schedule, by ComfyUI's name")
     denoise: float = Field(1.0, ge=0.0, le=1.0, description="share of the schedule to run")
 
+    @field_validator("scheduler")
+    @classmethod
+    def _pair_runs(cls, scheduler: str, info: ValidationInfo) -> str:
+        """Not every diffusers scheduler has every noise schedule: say so at
+        check time, not after the model has loaded."""
+        sampler = info.data.get("sampler", "euler")
+        reason = sampler_table.supported(sampler, scheduler)
+        if reason is not None:
+            raise ValueError(reason)
+        return scheduler
+
 
 class VaeDecode(_Params):
     pass
@@ -79,5 +79,15 @@ class SaveImage(_Params):
         "sdflow",
         min_length=1,
         pattern=r"^[^\x00]*$",
-        description="file name prefix inside the output folder; a counter follows",
+        description="file name prefix inside the output folder (may name subfolders); a counter follows",
     )
+
+    @field_validator("prefix")
+    @classmethod
+    def _stays_inside(cls, prefix: str) -> str:
+        parts = prefix.replace("\\", "/").split("/")
+        if prefix.startswith(("/", "\\")) or ".." in parts or (len(prefix) > 1 and prefix[1] == ":"):
+            raise ValueError("the prefix must stay inside the output folder: no leading '/', no '..'")
+        if parts[-1] in ("", "."):
+            raise ValueError("the prefix must end with a file name, such as \"portraits/cat\"")
+        return prefix

@@ -104,3 +104,51 @@ def tiny_checkpoint(folder: Path, kind: Kind, layout: Literal["single", "diffuse
     if layout == "diffusers":
         return save_diffusers(components, Path(folder) / f"tiny-{kind}")
     raise ValueError(f"layout must be 'single' or 'diffusers', not {layout!r}")
+
+
+def tiny_handles(kind: Kind, seed: int = 0, components: dict[str, Any] | None = None):
+    """(ModelHandle, ClipHandle, VaeHandle) around tiny components, on the CPU
+    in float32: what load_checkpoint gives, for testing a stage's numerics
+    without writing a file."""
+    import torch
+
+    from sdflow_diffusion.families import family_handle
+    from sdflow_diffusion.handles import ClipHandle, ModelHandle, VaeHandle
+
+    components = components if components is not None else tiny_components(kind, seed)
+    family = family_handle(TINY_FAMILY[kind])
+    cpu, f32 = torch.device("cpu"), torch.float32
+    encoders = [n for n in ("text_encoder", "text_encoder_2") if n in components]
+    tokenizers = tuple(components[n.replace("text_encoder", "tokenizer")] for n in encoders)
+    clip = ClipHandle(tokenizers, tuple(components[n] for n in encoders), family, "tiny", cpu, f32)
+    model = ModelHandle(components["unet"], family, "tiny", cpu, f32)
+    return model, clip, VaeHandle(components["vae"], family, "tiny", cpu, f32)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m sdflow_diffusion.testing KIND PATH``: write a tiny model.
+
+    Random weights: it draws noise, not pictures.  It exists so that sdflow
+    can be run end to end where no real checkpoint is at hand.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m sdflow_diffusion.testing", description=main.__doc__)
+    parser.add_argument("kind", choices=sorted(TINY_FAMILY))
+    parser.add_argument("path", type=Path, help="a .safetensors file, or a folder for --layout diffusers")
+    parser.add_argument("--layout", choices=("single", "diffusers"), default="single")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.path.exists():
+        parser.error(f"{args.path} exists; not replacing it")
+    components = tiny_components(args.kind, args.seed)
+    args.path.parent.mkdir(parents=True, exist_ok=True)
+    if args.layout == "single":
+        save_single_file(components, args.path)
+    else:
+        save_diffusers(components, args.path)
+    print(args.path)
+
+
+if __name__ == "__main__":
+    main()
