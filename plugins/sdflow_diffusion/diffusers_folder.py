@@ -21,8 +21,7 @@ def load_folder(folder: Path, prediction: str, dtype: Any) -> tuple[dict[str, An
     import diffusers
     import transformers
 
-    from sdflow_diffusion.families import build_components, detect_family, family_handle, pad_tokens, read_json
-    from sdflow_diffusion.ldm_layout import to_original
+    from sdflow_diffusion.families import family_handle, pad_tokens, read_json
     from sdflow_diffusion.tokenizer import clip_tokenizer
 
     if not (folder / "model_index.json").is_file():
@@ -31,7 +30,7 @@ def load_folder(folder: Path, prediction: str, dtype: Any) -> tuple[dict[str, An
     index = read_json(folder / "model_index.json")
     kind = "sdxl" if "text_encoder_2" in index else _text_kind(folder)
     chosen = None if prediction == "auto" else prediction
-    name = detect_family(to_original(build_components(folder, kind, meta=True), kind), chosen)
+    name = _nearest_family(folder, kind, chosen)
     local = dict(local_files_only=True)
     vae_type = vae_dtype(read_json(folder / "vae" / "config.json"), dtype)
     with quiet():
@@ -49,6 +48,27 @@ def load_folder(folder: Path, prediction: str, dtype: Any) -> tuple[dict[str, An
             components[tokenizer] = (transformers.CLIPTokenizer.from_pretrained(folder, subfolder=tokenizer, **local)
                                      if has_own else clip_tokenizer(pad))
     return components, family_handle(name, chosen, folder=folder)
+
+
+def _nearest_family(folder: Path, kind: str, prediction: str | None) -> str:
+    """The shipped family of ``kind`` whose U-Net config the folder's matches.
+
+    A folder brings its own configs, so nothing is converted and its shapes
+    need no test; the family only names it and gives defaults.  Comparing two
+    small JSON files is much cheaper than building the models to compare.
+    """
+    from sdflow_diffusion.families import family_dir, family_info, family_names, read_json
+
+    own = read_json(folder / "unet" / "config.json")
+    keys = ("block_out_channels", "cross_attention_dim", "in_channels", "layers_per_block", "sample_size")
+    names = [n for n in family_names() if family_info(n)["kind"] == kind]
+
+    def score(name: str) -> tuple:
+        theirs = read_json(family_dir(name) / "unet" / "config.json")
+        same = sum(own.get(k) == theirs.get(k) for k in keys)
+        return (same, family_info(name)["prediction_type"] == prediction, bool(family_info(name).get("preferred")))
+
+    return max(names, key=score)
 
 
 def _text_kind(folder: Path) -> str:
