@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     can be run end to end where no real checkpoint is at hand.
     """
     import argparse
+    import sys
 
     parser = argparse.ArgumentParser(prog="python -m sdflow_diffusion.testing", description=main.__doc__)
     parser.add_argument("kind", choices=sorted(TINY_FAMILY))
@@ -139,8 +140,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--layout", choices=("single", "diffusers"), default="single")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if args.path.exists():
-        parser.error(f"{args.path} exists; not replacing it")
+    if args.path.exists():  # never replace a file; the README's command may run twice
+        print(f"{args.path} exists; kept as it is", file=sys.stderr)
+        return
     components = tiny_components(args.kind, args.seed)
     args.path.parent.mkdir(parents=True, exist_ok=True)
     if args.layout == "single":
