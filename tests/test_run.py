@@ -49,7 +49,7 @@ def models(tmp_path_factory):
     folder = root / "checkpoints"
     for kind in ("sd1", "sd2", "sdxl"):
         tiny_checkpoint(folder, kind, layout="single")
-    tiny_checkpoint(folder, "sd1", layout="diffusers")
+        tiny_checkpoint(folder, kind, layout="diffusers")
     return root
 
 
@@ -96,7 +96,8 @@ def test_a_second_run_never_overwrites(recipe, models, tmp_path):
     assert np.array_equal(pixels(first), pixels(second))  # same recipe, same seed: same image
 
 
-@pytest.mark.parametrize("checkpoint", ["tiny-sd2.safetensors", "tiny-sdxl.safetensors", "tiny-sd1"])
+@pytest.mark.parametrize("checkpoint", ["tiny-sd2.safetensors", "tiny-sdxl.safetensors",
+                                        "tiny-sd1", "tiny-sd2", "tiny-sdxl"])
 def test_every_family_and_layout_runs(checkpoint, recipe, models, tmp_path):
     assert run(recipe, models, tmp_path, "--set", f"checkpoint={checkpoint}") == 0
     (png,) = (tmp_path / "out").iterdir()
