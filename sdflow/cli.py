@@ -138,6 +138,14 @@ def _check_file(path: str, registry, overrides):
     return source, recipe, graph, diagnostics
 
 
+def _checked_graph(args):
+    """Check ``args.file`` with ``args.set``; print its diagnostics; return
+    its source and its graph (None when it has errors)."""
+    source, _recipe, graph, diagnostics = _check_file(args.file, _registry(), _overrides(args.set))
+    print_diagnostics(diagnostics, {args.file: source}, sys.stderr)
+    return source, graph
+
+
 def _cmd_check(args) -> int:
     registry = _registry()
     overrides = _overrides(args.set)
@@ -209,9 +217,7 @@ def _cmd_stages(args) -> int:
 def _cmd_run(args) -> int:
     from sdflow.execute import Events, Executor, Interrupted, RunError, RunOptions
 
-    registry = _registry()
-    source, _recipe, graph, diagnostics = _check_file(args.file, registry, _overrides(args.set))
-    print_diagnostics(diagnostics, {args.file: source}, sys.stderr)
+    source, graph = _checked_graph(args)
     if graph is None:
         return EXIT_DIAGNOSTICS
     options = RunOptions(
@@ -299,9 +305,7 @@ def _cmd_plugins(args) -> int:
 def _cmd_graph(args) -> int:
     from sdflow.export import to_dot, to_mermaid
 
-    registry = _registry()
-    source, _recipe, graph, diagnostics = _check_file(args.file, registry, _overrides(args.set))
-    print_diagnostics(diagnostics, {args.file: source}, sys.stderr)
+    _source, graph = _checked_graph(args)
     if graph is None:
         return EXIT_DIAGNOSTICS
     print(to_dot(graph) if args.format == "dot" else to_mermaid(graph), end="")

@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping, TextIO
 
 from sdflow.ast import Span
 from sdflow.diagnostics import Diagnostic, DiagnosticError
-from sdflow.graph import StageGraph, StageNode
+from sdflow.graph import StageGraph, StageNode, upstream
 
 
 class StageError(Exception):
@@ -163,7 +163,7 @@ class RunContext:
         """What the ``identify`` functions of this stage and every stage it
         depends on reported (a model's name -> its SHA-256)."""
         merged: dict[str, str] = {}
-        for key in self.executor.upstream(self.graph, self.node.key):
+        for key in upstream(self.graph.nodes, [self.node.key]):
             merged.update(self.executor.identities.get(key, {}))
         return merged
 
@@ -282,18 +282,6 @@ class Executor:
         self.events.status(f"{label} done in {seconds:.2f}s", final=True)
         self.events.emit("stage_done", stage=node.key, type=node.spec.id, cached=False, seconds=round(seconds, 3))
         return outputs
-
-    @staticmethod
-    def upstream(graph: StageGraph, key: str) -> list[str]:
-        """A stage and every stage it depends on."""
-        seen, stack = [], [key]
-        while stack:
-            current = stack.pop()
-            if current in seen:
-                continue
-            seen.append(current)
-            stack.extend(c.stage for c in graph.nodes[current].inputs.values())
-        return seen
 
 
 def cache_key(node: StageNode, input_keys: Mapping[str, str], identity: Mapping[str, str],

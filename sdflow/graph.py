@@ -504,20 +504,25 @@ class _Checker:
 
     def order(self) -> tuple[str, ...]:
         """The stages that lead to an output, each after its inputs."""
-        needed: set[str] = set()
-        stack = [k for k, n in self.nodes.items() if n.spec.output]
-        while stack:
-            key = stack.pop()
-            if key in needed:
-                continue
-            needed.add(key)
-            stack.extend(c.stage for c in self.nodes[key].inputs.values())
+        needed = set(upstream(self.nodes, [k for k, n in self.nodes.items() if n.spec.output]))
         order: list[str] = []
         placed: set[str] = set()
         for key in self.nodes:  # source order, then depth first: stable and readable
             if key in needed:
                 _place(key, self.nodes, placed, order)
         return tuple(order)
+
+
+def upstream(nodes: Mapping[str, StageNode], keys: list[str]) -> list[str]:
+    """``keys`` and every stage they depend on, each once (nearest first)."""
+    seen: dict[str, None] = {}
+    stack = list(keys)
+    while stack:
+        key = stack.pop()
+        if key not in seen:
+            seen[key] = None
+            stack.extend(c.stage for c in nodes[key].inputs.values())
+    return list(seen)
 
 
 def stage_key(stage: ast.Stage) -> str:
