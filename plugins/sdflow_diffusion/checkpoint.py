@@ -65,7 +65,7 @@ def find_checkpoint(name: str, options: RunOptions) -> Path:
     lays models out, ``DIR/checkpoints/NAME`` then
     ``DIR/models/checkpoints/NAME``, for each DIR in ``--models-dir``, then
     in ``$SDFLOW_MODELS`` (several joined by ``os.pathsep``), then the
-    recipe's folder.
+    recipe's folder; last, the models sdflow ships (``sdflow-tiny.safetensors``).
     """
     given = Path(name).expanduser()
     direct = [given] if given.is_absolute() else [Path.cwd() / given]
@@ -80,7 +80,15 @@ def find_checkpoint(name: str, options: RunOptions) -> Path:
         for folder in folders:
             if (folder / given).exists():
                 return folder / given
+        if name in shipped_models():
+            return shipped_models()[name]
     raise _not_found(name, direct, folders)
+
+
+def shipped_models() -> dict[str, Path]:
+    """The checkpoints that come with sdflow, by name."""
+    tiny = Path(__file__).resolve().parent / "tiny" / "sdflow-tiny.safetensors"
+    return {tiny.name: tiny} if tiny.is_file() else {}
 
 
 def _model_roots(options: RunOptions) -> list[Path]:
@@ -93,7 +101,7 @@ def _model_roots(options: RunOptions) -> list[Path]:
 
 def _not_found(name: str, direct: list[Path], folders: list[Path]) -> StageError:
     available = sorted({str(p.relative_to(folder)) for folder in folders if folder.is_dir()
-                        for p in folder.rglob("*") if _looks_like_checkpoint(p)})
+                        for p in folder.rglob("*") if _looks_like_checkpoint(p)} | set(shipped_models()))
     looked = ", ".join(dict.fromkeys(str(p) for p in [*direct, *folders]))  # in order, once each
     close = difflib.get_close_matches(name, available, n=1, cutoff=0.6)
     if close:
