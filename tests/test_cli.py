@@ -103,7 +103,7 @@ def test_graph_prints_dot():
     assert lines[:3] == ["digraph recipe {", "  rankdir=LR;", '  node [shape=box, fontname="Helvetica"];']
     assert lines[-1] == "}"
     assert '  "ckpt" [label="ckpt\\nload_checkpoint"];' in lines
-    assert '  "save_image@27" [label="save_image", peripheries=2];' in lines
+    assert '  "save_image@36" [label="save_image", peripheries=2];' in lines
     edges = [line for line in lines if " -> " in line and line.startswith('  "')]
     assert edges == [
         '  "ckpt" -> "positive" [label="clip -> clip\\nCLIP"];',
@@ -114,7 +114,7 @@ def test_graph_prints_dot():
         '  "latent" -> "denoised" [label="latent -> latent\\nLATENT"];',
         '  "ckpt" -> "image" [label="vae -> vae\\nVAE"];',
         '  "denoised" -> "image" [label="latent -> latent\\nLATENT"];',
-        '  "image" -> "save_image@27" [label="image -> image\\nIMAGE"];',
+        '  "image" -> "save_image@36" [label="image -> image\\nIMAGE"];',
     ]
 
 
@@ -174,7 +174,7 @@ def test_set_overrides_a_param():
 def test_set_is_checked_against_the_stage_it_reaches():
     result = sdflow_cli("check", TXT2IMG, "--set", "steps=0")
     assert result.returncode == 1
-    assert result.stderr.startswith(f"{TXT2IMG}:20:11: E402 'steps' must be at least 1, got 0\n")
+    assert result.stderr.startswith(f"{TXT2IMG}:29:11: E402 'steps' must be at least 1, got 0\n")
 
 
 def test_set_with_a_value_of_the_wrong_type_is_a_usage_error():
@@ -188,7 +188,7 @@ def test_set_of_an_unknown_param_is_a_usage_error():
     assert result.returncode == 2
     assert result.stderr == (
         "sdflow: error: --set nosuch=...: the recipe has no param 'nosuch'; "
-        "the recipe's params are 'checkpoint', 'prompt', 'negative_prompt', 'seed' or 'steps'\n"
+        "the recipe's params are 'checkpoint', 'prompt', 'negative_prompt', 'size', 'seed', 'steps' or 'cfg'\n"
     )
 
 
