@@ -101,15 +101,19 @@ def _model_roots(options: RunOptions) -> list[Path]:
 
 def _not_found(name: str, direct: list[Path], folders: list[Path]) -> StageError:
     available = sorted({str(p.relative_to(folder)) for folder in folders if folder.is_dir()
-                        for p in folder.rglob("*") if _looks_like_checkpoint(p)} | set(shipped_models()))
+                        for p in folder.rglob("*") if _looks_like_checkpoint(p)})
     looked = ", ".join(dict.fromkeys(str(p) for p in [*direct, *folders]))  # in order, once each
-    close = difflib.get_close_matches(name, available, n=1, cutoff=0.6)
+    # Compare names without their suffix: ".safetensors" alone would make
+    # any two file names look alike.
+    stems = {Path(n).stem: n for n in [*available, *shipped_models()]}
+    close = difflib.get_close_matches(Path(name).stem, list(stems), n=1, cutoff=0.6)
     if close:
-        hint = f"did you mean '{close[0]}'?"
+        hint = f"did you mean '{stems[close[0]]}'?"
     elif available:
         hint = "found there: " + ", ".join(available[:8]) + (", ..." if len(available) > 8 else "")
     else:
         hint = "no checkpoints were found there; pass --models-dir DIR or set SDFLOW_MODELS"
+        hint += "".join(f" (sdflow ships '{n}')" for n in shipped_models())
     return StageError(f"checkpoint '{name}' not found", help=f"{hint} (looked in: {looked})")
 
 
