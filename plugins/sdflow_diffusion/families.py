@@ -150,6 +150,9 @@ def detect_family(keys_and_shapes: Mapping[str, Any], prediction: str | None = N
                  "single-file layout (as in ComfyUI's models/checkpoints) or a diffusers folder")
     kind = detect_kind(shapes)
     candidates = [n for n in family_names() if kind is None or family_info(n)["kind"] == kind]
+    # Rule out, from one shape read off the configs, the families whose
+    # models need not be built to compare every tensor (building costs ~1 s).
+    candidates = [n for n in candidates if _plausible(n, shapes)] or candidates
     problems = {name: _differences(expected_shapes(name), shapes) for name in candidates}
     matches = [name for name in candidates if not problems[name]]
     if not matches:
@@ -159,6 +162,16 @@ def detect_family(keys_and_shapes: Mapping[str, Any], prediction: str | None = N
         preferred = [n for n in matches if family_info(n).get("preferred")]
         matches = by_prediction or preferred or matches
     return matches[0]
+
+
+def _plausible(name: str, shapes: dict[str, tuple]) -> bool:
+    """Whether the U-Net's first convolution has the family's shape (or is
+    absent, left for the full comparison to report)."""
+    unet = read_json(family_dir(name) / "unet" / "config.json")
+    kernel = unet.get("conv_in_kernel", 3)
+    expected = (unet["block_out_channels"][0], unet.get("in_channels", 4), kernel, kernel)
+    found = shapes.get("model.diffusion_model.input_blocks.0.0.weight")
+    return found is None or found == expected
 
 
 def _differences(expected: Mapping[str, tuple], shapes: dict[str, tuple]) -> list[tuple[str, Any, Any]]:
