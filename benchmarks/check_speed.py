@@ -263,7 +263,6 @@ def bench_large(sizes: list[int], repeat: int, tmp: Path) -> dict[int, dict]:
         total_nogc, _, _ = median_time(lambda: check_source(text, file, registry), repeat, gc_enabled=False)
         parse_s, (parsed, syntax), _ = median_time(lambda: parse(text, file), repeat)
         check_s, _, _ = median_time(lambda: check(parsed, registry, syntax_ok=not syntax), repeat)
-        del parsed, syntax
         results[n] = {
             "total": total, "parse": parse_s, "check": check_s, "nogc": total_nogc,
             "gc": watch.seconds, "full_gc": watch.full,

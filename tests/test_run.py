@@ -60,10 +60,9 @@ def recipe(tmp_path):
     return path
 
 
-def run(recipe, models, tmp_path, *options, capsys=None):
+def run(recipe, models, tmp_path, *options):
     """`sdflow run` in this process (the CLI's own entry point)."""
-    code = main(["run", str(recipe), "--models-dir", str(models), "--output", str(tmp_path / "out"), *options])
-    return code
+    return main(["run", str(recipe), "--models-dir", str(models), "--output", str(tmp_path / "out"), *options])
 
 
 def pixels(path):

@@ -164,10 +164,16 @@ def detect_family(keys_and_shapes: Mapping[str, Any], prediction: str | None = N
     return matches[0]
 
 
+@functools.cache
+def _unet_config(name: str) -> dict[str, Any]:
+    """A shipped family's U-Net config (read-only: cached)."""
+    return read_json(family_dir(name) / "unet" / "config.json")
+
+
 def _plausible(name: str, shapes: dict[str, tuple]) -> bool:
     """Whether the U-Net's first convolution has the family's shape (or is
     absent, left for the full comparison to report)."""
-    unet = read_json(family_dir(name) / "unet" / "config.json")
+    unet = _unet_config(name)
     kernel = unet.get("conv_in_kernel", 3)
     expected = (unet["block_out_channels"][0], unet.get("in_channels", 4), kernel, kernel)
     found = shapes.get("model.diffusion_model.input_blocks.0.0.weight")
