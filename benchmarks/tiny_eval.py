@@ -6,7 +6,7 @@ triples never seen in training, x 2 sizes x 5 positions = 150; or, with
 ``--split train``, 150 combinations it was trained on), the prompt is the
 canonical caption ("a small red triangle at the left on a blue background"),
 image i is drawn with seed i through sdflow's own stages, and the pixel
-scorer (sdflow_diffusion.tiny.score) reads the attributes back.  Prints the
+scorer (training.tiny.score) reads the attributes back.  Prints the
 accuracy per attribute, of all five at once (target >= 97%), per triple,
 and the time per image; writes a labelled grid, wrong pictures framed in
 red with what the scorer saw under them.
@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # training/ is not installed: import training.tiny from the checkout
 DEFAULT_CHECKPOINT = ROOT / "plugins/sdflow_diffusion/tiny/sdflow-tiny.safetensors"
 DEFAULT_GRID = ROOT / "benchmarks/tiny_eval_grid.png"
 TARGET = 0.97
@@ -35,7 +36,7 @@ TRAIN_SAMPLE_SEED = 2024
 
 def combinations(split: str) -> list:
     """The attribute combinations to draw, in a fixed order."""
-    from sdflow_diffusion.tiny.dataset import heldout_attributes, make_dataset
+    from training.tiny.dataset import heldout_attributes, make_dataset
 
     if split == "heldout":
         return heldout_attributes()
@@ -44,7 +45,7 @@ def combinations(split: str) -> list:
 
 
 def report(attrs: list, verdicts: list[dict[str, bool]], seconds: float) -> None:
-    from sdflow_diffusion.tiny.score import FIELDS
+    from training.tiny.score import FIELDS
 
     n = len(verdicts)
     print(f"{n} images in {seconds:.1f} s: {seconds / n:.3f} s per image (checkpoint load not counted)")
@@ -77,9 +78,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     from sdflow_diffusion.checkpoint import load_checkpoint
-    from sdflow_diffusion.tiny.dataset import canonical_caption
-    from sdflow_diffusion.tiny.evaluate import draw_prompts, grid, short_label
-    from sdflow_diffusion.tiny.score import FIELDS, score
+    from training.tiny.dataset import canonical_caption
+    from training.tiny.evaluate import draw_prompts, grid, short_label
+    from training.tiny.score import FIELDS, score
 
     from sdflow.execute import RunOptions
 

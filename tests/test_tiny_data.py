@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
-from sdflow_diffusion.tiny.dataset import (
+from training.tiny.dataset import (
     COLOURS,
     HELD_OUT,
     JITTERS,
@@ -27,7 +27,7 @@ from sdflow_diffusion.tiny.dataset import (
     render,
     render_batch,
 )
-from sdflow_diffusion.tiny.score import FIELDS, UNKNOWN, judge, score
+from training.tiny.score import FIELDS, UNKNOWN, judge, score
 
 EVERY_COMBINATION = [Attributes(*t, size, position)
                      for t, size, position in itertools.product(TRIPLES, SIZES, POSITIONS)]
@@ -131,7 +131,7 @@ def test_a_blank_picture_has_only_a_background():
 
 def test_render_prompts_draws_through_sdflow_and_grid_labels_them(tmp_path):
     from sdflow_diffusion.testing import tiny_checkpoint
-    from sdflow_diffusion.tiny.evaluate import grid, render_prompts, short_label
+    from training.tiny.evaluate import grid, render_prompts, short_label
 
     path = tiny_checkpoint(tmp_path, "sd1")
     prompt = canonical_caption(Attributes("triangle", "red", "blue", "small", "left"))

@@ -10,8 +10,8 @@ from PIL import Image
 
 from sdflow.cli import main
 from sdflow_diffusion.checkpoint import shipped_models
-from sdflow_diffusion.tiny.dataset import HELD_OUT, Attributes
-from sdflow_diffusion.tiny.score import judge
+from training.tiny.dataset import HELD_OUT, Attributes
+from training.tiny.score import judge
 
 pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"),
               pytest.mark.filterwarnings("ignore::FutureWarning")]

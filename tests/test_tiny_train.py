@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from sdflow_diffusion.checkpoint import load_checkpoint, shipped_models
 from sdflow_diffusion.families import detect_family, expected_shapes, family_dir
 from sdflow_diffusion.single_file import _read_header
-from sdflow_diffusion.tiny import model as tiny_model
+from training.tiny import model as tiny_model
 
 from sdflow.execute import RunOptions
 
@@ -49,7 +49,7 @@ def test_the_shipped_file_loads_as_a_users_sd1_file_does():
 
 
 def test_a_short_training_run_writes_a_loadable_reproducible_file(tmp_path):
-    from sdflow_diffusion.tiny.train import main
+    from training.tiny.train import main
 
     arguments = ["--vae-steps", "2", "--unet-steps", "2", "--pictures", "64", "--save-every", "1"]
     main(["--out", str(tmp_path / "a"), *arguments])

@@ -1,10 +1,4 @@
-"""sdflow-tiny: a small text-to-image Stable Diffusion trained from scratch on
-synthetic pictures, so that sdflow ships a default model that draws what it
-is asked for, offline, on a CPU, and whose every output can be checked.
-The pictures are one coloured shape (circle, square or triangle; small or
-large; left, right, top, bottom or centre) on a plain background of another
-colour, captioned in plain English (:mod:`.dataset`); a deterministic pixel
-scorer reads those attributes back from any 64x64 image (:mod:`.score`), so
-that the model's accuracy, held-out combinations included, is a number
-(``benchmarks/tiny_eval.py``) rather than an impression.
-"""
+"""The model sdflow ships: sdflow-tiny's weights (``sdflow-tiny.safetensors``,
+found by :func:`sdflow_diffusion.checkpoint.shipped_models`) and its model
+card (``MODEL_CARD.md``).  Only what runs lives here; its data, training and
+evaluation live in ``training/tiny/`` at the repository root."""

@@ -4,7 +4,8 @@ The same classes a real SD 1.5 checkpoint loads into (CLIPTextModel with
 CLIP's full 49408-token vocabulary, AutoencoderKL with an 8x factor,
 UNet2DConditionModel), so that the trained model is saved in the original
 single-file layout and loads through the code that loads a user's file.
-Sizes were chosen by measured cost on two CPU cores (see MODEL_CARD.md):
+Sizes were chosen by measured cost on two CPU cores (see
+plugins/sdflow_diffusion/tiny/MODEL_CARD.md):
 
 * VAE 64x64x3 -> 4x8x8, channels 16, 32, 64, 64 (0.98M parameters);
 * text encoder width 64, 2 layers (3.27M, 3.16M of them the embedding);

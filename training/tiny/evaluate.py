@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sdflow_diffusion.tiny.dataset import IMAGE_SIZE, Attributes
+from training.tiny.dataset import IMAGE_SIZE, Attributes
 
 SHORT = {"small": "sm", "large": "lg", "circle": "circ", "square": "sq", "triangle": "tri",
          "left": "L", "right": "R", "top": "T", "bottom": "B", "center": "C"}

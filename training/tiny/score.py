@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sdflow_diffusion.tiny.dataset import (
+from training.tiny.dataset import (
     ANCHOR_OFFSET,
     COLOURS,
     IMAGE_SIZE,

@@ -1,6 +1,6 @@
 """Train sdflow-tiny from scratch on the synthetic shapes, on a CPU.
 
-``python -m sdflow_diffusion.tiny.train --out DIR [--vae-steps N]
+``python -m training.tiny.train --out DIR [--vae-steps N]
 [--unet-steps N] [--seed S] [--resume] [--vae-init VAE_DIR] [--vae-only]``
 
 Two stages, seeded and reproducible (every step draws its batch and its
@@ -23,7 +23,7 @@ Every ``--save-every`` steps the EMA weights are exported as a single file
 what ``--resume`` continues from), so a run cut short still leaves a usable
 model.  At the end: ``DIR/sdflow-tiny.safetensors`` (original SD layout,
 fp16) and ``DIR/family/sdflow-tiny/`` (the config tree to ship in
-``sdflow_diffusion/families/``), and ``DIR/train_log.json``.
+``plugins/sdflow_diffusion/families/``), and ``DIR/train_log.json``.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sdflow_diffusion.tiny import model as tiny_model
+from training.tiny import model as tiny_model
 
 VAE_BATCH = 32
 VAE_LR = 1e-3
@@ -286,7 +286,7 @@ def export(trainer: Trainer, vae, path: Path) -> Path:
 # -- the run ------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m sdflow_diffusion.tiny.train",
+    parser = argparse.ArgumentParser(prog="python -m training.tiny.train",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for checkpoints and the final model")
     parser.add_argument("--vae-steps", type=int, default=2200)
@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    from sdflow_diffusion.tiny.dataset import make_dataset
+    from training.tiny.dataset import make_dataset
 
     run_started = time.perf_counter()
     log(f"sdflow-tiny: {' '.join(sys.argv[1:] if argv is None else argv)}")
