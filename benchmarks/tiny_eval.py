@@ -28,7 +28,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # training/ is not installed: import training.tiny from the checkout
-DEFAULT_CHECKPOINT = ROOT / "plugins/sdflow_diffusion/tiny/sdflow-tiny.safetensors"
+DEFAULT_CHECKPOINT = ROOT / "plugins/sdflow_diffusion/models/tiny/sdflow-tiny.safetensors"
 DEFAULT_GRID = ROOT / "benchmarks/tiny_eval_grid.png"
 TARGET = 0.97
 TRAIN_SAMPLE_SEED = 2024
@@ -77,12 +77,12 @@ def main(argv: list[str] | None = None) -> None:
                              "each using every core slow each other down a hundredfold)")
     args = parser.parse_args(argv)
 
-    from sdflow_diffusion.checkpoint import load_checkpoint
+    from sdflow_diffusion.models.load import load_checkpoint
     from training.tiny.dataset import canonical_caption
     from training.tiny.evaluate import draw_prompts, grid, short_label
     from training.tiny.score import FIELDS, score
 
-    from sdflow.execute import RunOptions
+    from sdflow_diffusion.settings import DiffusionSettings
 
     if args.threads:
         import torch
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     prompts = [canonical_caption(a) for a in attrs]
     print(f"{args.checkpoint}: {len(attrs)} {args.split} combinations, "
           f"{args.steps} euler steps, cfg {args.cfg}, negative {args.negative!r}")
-    handles = load_checkpoint(args.checkpoint, RunOptions(device=args.device))
+    handles = load_checkpoint(args.checkpoint, DiffusionSettings(device=args.device))
     start = time.perf_counter()
     images = draw_prompts(handles, prompts, list(range(len(prompts))), args.steps, args.cfg, args.negative)
     seconds = time.perf_counter() - start

@@ -87,6 +87,18 @@ class Header:
 
 
 @dataclass(frozen=True, slots=True)
+class Require:
+    """``require plugin "specifier"``: a plugin the recipe needs, and the
+    versions of it that will do (a PEP 440 specifier; none: any)."""
+
+    plugin: str
+    specifier: str | None
+    span: Span
+    plugin_span: Span
+    specifier_span: Span | None
+
+
+@dataclass(frozen=True, slots=True)
 class Param:
     """``param name = value``: a value the command line may override."""
 
@@ -109,7 +121,7 @@ class Stage:
     trailing_comma: bool = False
 
 
-Statement = Union[Header, Param, Stage]
+Statement = Union[Header, Require, Param, Stage]
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,17 +22,25 @@ class _Usage(Exception):
     pass
 
 
+class _PluginFailure(Exception):
+    pass
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = _parser(with_settings=_command_of(argv) == "run")
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    _STRICT[0] = args.strict_plugins or os.environ.get("SDFLOW_STRICT_PLUGINS", "") not in ("", "0")
     try:
         return args.handler(args)
     except _Usage as err:
         print(f"sdflow: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except _PluginFailure:
+        return EXIT_DIAGNOSTICS
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `sdflow stages | head`: the reader has gone
@@ -41,9 +49,18 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
 
 
-def _parser() -> argparse.ArgumentParser:
+def _command_of(argv: list[str]) -> str | None:
+    """The subcommand named on the command line (before argparse runs)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def _parser(with_settings: bool = False) -> argparse.ArgumentParser:
+    """The command line; ``run``'s flags include every plugin's settings
+    when ``with_settings`` (loading the plugins only when they are needed)."""
     parser = argparse.ArgumentParser(prog="sdflow", description="Stable Diffusion pipelines as recipes.")
     parser.add_argument("--version", action="version", version=f"sdflow {__version__}")
+    parser.add_argument("--strict-plugins", action="store_true",
+                        help="a plugin that fails to load or register is an error (exit 1), not a warning")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     check = sub.add_parser("check", help="check recipes without running them")
@@ -59,19 +76,20 @@ def _parser() -> argparse.ArgumentParser:
 
     stages = sub.add_parser("stages", help="list stage types, or describe one")
     stages.add_argument("name", nargs="?")
+    stages.add_argument("--markdown", action="store_true", help="the stage reference, as Markdown")
     stages.set_defaults(handler=_cmd_stages)
 
     run = sub.add_parser("run", help="run a recipe: load models, sample, write images")
     run.add_argument("file", metavar="FILE")
     _add_set(run)
     run.add_argument("--output", default="output", metavar="DIR", help="folder for images (default ./output)")
-    run.add_argument("--models-dir", action="append", default=[], metavar="DIR",
-                     help="where models/checkpoints are looked up (repeatable; also $SDFLOW_MODELS)")
-    run.add_argument("--device", choices=("auto", "cuda", "cpu", "mps"), default="auto")
-    run.add_argument("--dtype", choices=("auto", "fp16", "bf16", "fp32"), default="auto")
-    run.add_argument("--allow-pickle", action="store_true",
-                     help="allow .ckpt/.pt checkpoints (loaded with weights_only=True)")
     run.add_argument("--json", action="store_true", help="print one JSON event per line on stdout")
+    run.add_argument("--explain", action="store_true",
+                     help="say for each stage why it ran or was reused (on stderr)")
+    if with_settings:
+        from sdflow.settings import add_arguments
+
+        add_arguments(run, _registry(quiet=True))
     run.set_defaults(handler=_cmd_run)
 
     show = sub.add_parser("show", help="print the recipe and settings stored in an image")
@@ -118,13 +136,27 @@ def _read(path: str) -> str:
         raise _Usage(f"{path}: {err.strerror}") from None
 
 
-def _registry():
+_WARNED: set[int] = set()
+
+
+def _registry(quiet: bool = False, strict: bool | None = None):
+    """The registry of the installed plugins; its problems are warnings on
+    stderr (once), or with ``--strict-plugins`` errors that end the command."""
     from sdflow.registry import default_registry
 
     registry = default_registry()
+    if quiet or id(registry) in _WARNED:
+        return registry
+    _WARNED.add(id(registry))
+    strict = _STRICT[0] if strict is None else strict
     for problem in registry.problems:
-        print(f"sdflow: warning: {problem}", file=sys.stderr)
+        print(f"sdflow: {'error' if strict else 'warning'}: {problem}", file=sys.stderr)
+    if strict and registry.problems:
+        raise _PluginFailure()
     return registry
+
+
+_STRICT = [False]
 
 
 def _check_file(path: str, registry, overrides):
@@ -200,35 +232,40 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def _cmd_stages(args) -> int:
-    from sdflow.describe import stage_detail, stage_summary
+    from sdflow.describe import stage_detail, stage_reference, stage_summary
 
     registry = _registry()
     if args.name is None:
-        print(stage_summary(registry))
+        print(stage_reference(registry) if args.markdown else stage_summary(registry), end="\n" * (not args.markdown))
         return EXIT_OK
-    spec = registry.stages.get(args.name)
-    if spec is None:
-        hint = did_you_mean(args.name, registry.stages) or "run 'sdflow stages' to list them"
+    found = registry.candidates(args.name)
+    if len(found) > 1:
+        raise _Usage(f"stage type '{args.name}' is defined by several plugins; name one: "
+                     + ", ".join(s.qualified for s in found))
+    if not found:
+        hint = did_you_mean(args.name, registry.names()) or "run 'sdflow stages' to list them"
         raise _Usage(f"unknown stage type '{args.name}'; {hint}")
-    print(stage_detail(spec))
+    print(stage_detail(found[0]))
     return EXIT_OK
 
 
 def _cmd_run(args) -> int:
     from sdflow.execute import Events, Executor, Interrupted, RunError, RunOptions
+    from sdflow.settings import SettingsError, resolve
 
+    registry = _registry()
+    try:
+        settings = resolve(registry, args)
+    except SettingsError as err:
+        raise _Usage(str(err)) from None
     source, graph = _checked_graph(args)
     if graph is None:
         return EXIT_DIAGNOSTICS
-    options = RunOptions(
-        device=args.device,
-        dtype=args.dtype,
-        output_dir=Path(args.output),
-        models_dirs=tuple(Path(d) for d in args.models_dir),
-        recipe_dir=Path(args.file).resolve().parent,
-        allow_pickle=args.allow_pickle,
-    )
-    executor = Executor(Events(json_stream=sys.stdout if args.json else None))
+    options = RunOptions(output_dir=Path(args.output), recipe_dir=Path(args.file).resolve().parent,
+                         settings=settings)
+    versions = {name: info.version for name, info in registry.plugins.items()}
+    executor = Executor(Events(json_stream=sys.stdout if args.json else None), plugin_versions=versions,
+                        explain=sys.stderr if args.explain else None)
     with _interrupt_between_steps(executor):
         try:
             result = executor.run(graph, options)
@@ -296,9 +333,8 @@ def _cmd_show(args) -> int:
 
 def _cmd_plugins(args) -> int:
     from sdflow.describe import plugin_table
-    from sdflow.registry import default_registry
 
-    print(plugin_table(default_registry()))
+    print(plugin_table(_registry(quiet=not args.strict_plugins)))
     return EXIT_OK
 
 

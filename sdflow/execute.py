@@ -1,22 +1,21 @@
 """Runs a checked :class:`StageGraph`: order, cache, progress, interrupt.
 
 The executor knows nothing of diffusion.  It runs the stages that lead to
-an output stage, each after its inputs, calling the ``run`` function that
-the stage's plugin declared::
+an output stage, each after its inputs, calling the run function that the
+stage's plugin declared::
 
     def run(ctx: RunContext, params: BaseModel, **inputs) -> dict[str, Any]
 
-which returns the stage's outputs by port name.  Results are cached in the
-process by content: the stage id, its plugin's version, its parameters, the
-keys of its inputs, the device options, and what the stage's ``identify``
-function says of the files it reads (a model's SHA-256, not its name).  So a
-stage used by several consumers, or unchanged between two runs of one
-process, runs once.  Output stages always run.
+which returns the stage's outputs by port name.  Results are cached by
+content (:mod:`sdflow.cache`): the stage type and version, its parameters,
+the keys of its inputs, its plugin's settings, and what the stage's
+``identify`` function says of the files it reads (a model's SHA-256, not
+its name).  So a stage used by several consumers runs once, and a model
+stays loaded between runs of one process.  Output stages always run.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import sys
@@ -25,9 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, TextIO
 
+from pydantic import BaseModel
+
 from sdflow.ast import Span
+from sdflow.cache import CacheKey, CacheStore
 from sdflow.diagnostics import Diagnostic, DiagnosticError
 from sdflow.graph import StageGraph, StageNode, upstream
+from sdflow.identity import file_sha256
+from sdflow.metadata import output_metadata
 
 
 class StageError(Exception):
@@ -49,19 +53,14 @@ class RunError(DiagnosticError):
 
 @dataclass
 class RunOptions:
-    """How to run: given by the command line, read by the stages."""
+    """How to run: what is the engine's (the output folder, the recipe's
+    folder), and each plugin's settings object by plugin name (see
+    :mod:`sdflow.settings`; a plugin without one given gets its defaults)."""
 
-    device: str = "auto"
-    dtype: str = "auto"
     output_dir: Path = Path("output")
-    models_dirs: tuple[Path, ...] = ()
     recipe_dir: Path | None = None
-    allow_pickle: bool = False
+    settings: Mapping[str, BaseModel] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
-
-    def fingerprint(self) -> dict[str, str]:
-        """The options that change what a stage computes."""
-        return {"device": self.device, "dtype": self.dtype}
 
 
 @dataclass
@@ -131,63 +130,124 @@ class Progress:
 
 
 class RunContext:
-    """What a stage's ``run`` function is handed besides its parameters and inputs."""
+    """What a stage's run function is handed besides its parameters and inputs.
+
+    Its documented members are all a stage may use: the stage's key and type,
+    its plugin's settings, the output and recipe folders, progress and
+    cancellation, events, file identities, what the stage resolved, and the
+    metadata an output file carries.
+    """
 
     def __init__(self, executor: Executor, graph: StageGraph, node: StageNode, options: RunOptions):
-        self.executor, self.graph, self.node, self.options = executor, graph, node, options
+        self._executor, self._graph, self._node, self._options = executor, graph, node, options
         self.events = executor.events
 
     @property
     def key(self) -> str:
-        return self.node.key
+        """The stage's key in the recipe: its name, or ``type#n`` when unnamed."""
+        return self._node.key
+
+    @property
+    def stage(self) -> str:
+        """The stage type's full name, ``plugin.id``."""
+        return self._node.spec.qualified
+
+    @property
+    def settings(self) -> Any:
+        """The settings object of the stage's plugin (None if it has none)."""
+        return self._executor.settings_for(self._node.spec.plugin, self._options)
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self._options.output_dir)
+
+    @property
+    def recipe_dir(self) -> Path | None:
+        return None if self._options.recipe_dir is None else Path(self._options.recipe_dir)
+
+    @property
+    def recipe_text(self) -> str:
+        return self._graph.recipe.source
+
+    @property
+    def recipe_file(self) -> str:
+        return self._graph.recipe.file
+
+    @property
+    def params(self) -> Mapping[str, Any]:
+        """The recipe's params as resolved (defaults, then ``--set``)."""
+        return dict(self._graph.params)
 
     def progress(self, total: int, what: str = "steps") -> Progress:
+        """A counter for ``total`` steps of work; each ``step()`` reports
+        progress and raises :class:`Interrupted` when the user asked to stop."""
         return Progress(self, total, what)
 
     def check_interrupt(self) -> None:
-        if self.executor.interrupted:
+        if self._executor.interrupted:
             raise Interrupted()
 
     def emit(self, event: str, **fields: Any) -> None:
+        """A JSON event (``--json``) from this stage."""
         self.events.emit(event, stage=self.key, **fields)
 
     def file_written(self, path: Path) -> None:
         """Report a file a stage wrote (listed in the run's result)."""
-        self.executor.result.files.append(Path(path))
+        self._executor.result.files.append(Path(path))
         self.emit("file_written", path=str(path))
 
+    def identify_file(self, label: str, path: Path, verify: bool = False) -> str:
+        """The identity (SHA-256) of a file or folder this stage reads, under
+        ``label`` (a model's name as the recipe gave it).  Recorded in the
+        cache key when called from ``identify``, in the metadata of every
+        output downstream, and kept for :meth:`file_path`."""
+        identity = file_sha256(path, verify=verify)
+        self._executor.identities.setdefault(self.key, {})[label] = identity
+        self._executor.paths.setdefault(self.key, {})[label] = Path(path)
+        return identity
+
     def file_identity(self, path: Path) -> str:
+        """The identity (SHA-256) of a file or folder, recording nothing."""
         return file_sha256(path)
 
+    def file_path(self, label: str) -> Path | None:
+        """Where the file identified under ``label`` by this stage is (so a
+        run function does not look it up, or hash it, a second time)."""
+        return self._executor.paths.get(self.key, {}).get(label)
+
+    def record(self, **facts: Any) -> None:
+        """What the stage resolved: the device and dtype that actually ran,
+        the file a name found...  Outputs downstream record it (``run``)."""
+        self._executor.records.setdefault(self.key, {}).update(facts)
+
     def upstream_identities(self) -> dict[str, str]:
-        """What the ``identify`` functions of this stage and every stage it
-        depends on reported (a model's name -> its SHA-256)."""
-        merged: dict[str, str] = {}
-        for key in upstream(self.graph.nodes, [self.node.key]):
-            merged.update(self.executor.identities.get(key, {}))
+        """The files this stage and every stage it depends on identified
+        (a model's label -> its SHA-256)."""
+        return self._merged(self._executor.identities)
+
+    def upstream_records(self) -> dict[str, Any]:
+        """What this stage and every stage it depends on recorded (nearest wins)."""
+        return self._merged(self._executor.records)
+
+    def metadata(self, versions: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The text fields an output file carries to reproduce it (keys
+        ``sdflow.*``; see :mod:`sdflow.metadata`): the recipe, its params,
+        the files and stage versions that led here, what they resolved, and
+        the versions of sdflow, Python, the plugins and ``versions``."""
+        keys = upstream(self._graph.nodes, [self.key])
+        stages = {k: f"{self._graph.nodes[k].spec.qualified} {self._graph.nodes[k].spec.version}" for k in keys}
+        plugins = {self._graph.nodes[k].spec.plugin for k in keys}
+        plugin_versions = {f"plugin {p}": self._executor.plugin_versions.get(p, "?") for p in sorted(plugins)}
+        return output_metadata(recipe=self.recipe_text, recipe_file=self.recipe_file, params=self.params,
+                               files=self.upstream_identities(), stages=stages,
+                               resolved=self.upstream_records(),
+                               versions={**plugin_versions, **dict(versions or {})})
+
+    def _merged(self, per_stage: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+        merged: dict[str, Any] = {}
+        for key in reversed(upstream(self._graph.nodes, [self.key])):  # the nearest stage wins
+            merged.update(per_stage.get(key, {}))
         return merged
-
-
-_HASHES: dict[tuple, str] = {}
-
-
-def file_sha256(path: Path) -> str:
-    """The SHA-256 of a file (or of every file in a folder, by relative path),
-    computed once per process for each (path, size, mtime)."""
-    path = Path(path).resolve()
-    stat = path.stat()
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
-    if key not in _HASHES:
-        digest = hashlib.sha256()
-        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-        for file in files:
-            if file != path:
-                digest.update(str(file.relative_to(path)).encode() + b"\0")
-            with open(file, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-        _HASHES[key] = digest.hexdigest()
-    return _HASHES[key]
 
 
 def resolve_callable(target: Callable | str | None) -> Callable | None:
@@ -199,66 +259,138 @@ def resolve_callable(target: Callable | str | None) -> Callable | None:
     return getattr(importlib.import_module(module), name)
 
 
-class Executor:
-    """Runs checked graphs; keeps its cache between runs in one process."""
+@dataclass
+class _Cached:
+    outputs: Mapping[str, Any]
+    identities: dict[str, str]
+    records: dict[str, Any]
 
-    def __init__(self, events: Events | None = None):
+
+class Executor:
+    """Runs checked graphs; keeps models cached between runs in one process.
+
+    ``plugin_versions`` (plugin -> version) is what outputs record;
+    ``explain`` is a stream that gets one line per stage saying why it ran
+    or was reused (``sdflow run --explain``).
+    """
+
+    def __init__(self, events: Events | None = None, cache: CacheStore | None = None,
+                 plugin_versions: Mapping[str, str] | None = None, explain: TextIO | None = None):
         self.events = events or Events()
-        self.cache: dict[str, Mapping[str, Any]] = {}
+        self.cache = cache if cache is not None else CacheStore()
+        self.plugin_versions = dict(plugin_versions or {})
+        self.explain = explain
+        self.keys: dict[str, CacheKey] = {}  # each stage's key in the latest run
+        self.previous: dict[str, CacheKey] = {}  # and in the run before that
         self.identities: dict[str, dict[str, str]] = {}
+        self.paths: dict[str, dict[str, Path]] = {}
+        self.records: dict[str, dict[str, Any]] = {}
         self.interrupted = False
         self.result = RunResult()
+        self._settings: dict[str, Any] = {}
 
     def interrupt(self) -> None:
         """Ask the run to stop at the next step (safe from a signal handler)."""
         self.interrupted = True
+
+    def settings_for(self, plugin: str, options: RunOptions) -> Any:
+        return options.settings.get(plugin, self._settings.get(plugin))
 
     def run(self, graph: StageGraph, options: RunOptions) -> RunResult:
         """Run every stage that leads to an output; raises :class:`RunError`
         when a stage fails and :class:`Interrupted` when asked to stop."""
         self.result = RunResult()
         self.interrupted = False
+        self.previous, self.keys = {**self.previous, **self.keys}, {}
+        self.identities, self.paths, self.records = {}, {}, {}
+        self._settings = {plugin: model() for plugin, model in graph.settings_models.items()}
         start = time.perf_counter()
         results: dict[str, Mapping[str, Any]] = {}
-        keys: dict[str, str] = {}
+        group, uses = _future_uses(graph)
         self.events.emit("run_started", stages=list(graph.order))
-        for key in graph.order:
-            node = graph.nodes[key]
-            ctx = RunContext(self, graph, node, options)
-            inputs = {port: results[c.stage][c.port] for port, c in node.inputs.items()}
-            identity = self._identify(ctx, node)
-            self.identities[key] = identity
-            keys[key] = cache_key(node, {p: f"{keys[c.stage]}:{c.port}" for p, c in node.inputs.items()},
-                                  identity, options)
-            cached = None if node.spec.output else self.cache.get(keys[key])
-            if cached is not None:
-                results[key] = cached
-                self.result.cached.append(key)
-                self.events.emit("stage_done", stage=key, type=node.spec.id, cached=True, seconds=0.0)
-                continue
-            results[key] = self._run_stage(ctx, node, inputs)
-            if not node.spec.output:
-                self.cache[keys[key]] = results[key]
-            self.result.ran.append(key)
+        try:
+            for key in graph.order:
+                node = graph.nodes[key]
+                ctx = RunContext(self, graph, node, options)
+                inputs = {port: results[c.stage][c.port] for port, c in node.inputs.items()}
+                results[key] = self._stage(ctx, graph, node, inputs)
+                for used in [key, *(c.stage for c in node.inputs.values())]:
+                    uses[group[used]] -= 1
+                    if uses[group[used]] == 0:  # no later stage needs it: let it go
+                        results.pop(used, None)
+                        self.cache.release(self.keys[used].digest)
+        finally:
+            self.cache.end_run()
         self.result.seconds = time.perf_counter() - start
         self.events.emit("run_done", seconds=round(self.result.seconds, 3),
                          files=[str(f) for f in self.result.files])
         return self.result
 
-    def _identify(self, ctx: RunContext, node: StageNode) -> dict[str, str]:
+    def _stage(self, ctx: RunContext, graph: StageGraph, node: StageNode,
+               inputs: dict[str, Any]) -> Mapping[str, Any]:
+        self._identify(ctx, node)
+        key = CacheKey(
+            stage=node.spec.qualified,
+            version=node.spec.version,
+            params=node.params.model_dump(mode="json"),
+            inputs={p: f"{self.keys[c.stage].digest}:{c.port}" for p, c in node.inputs.items()},
+            files=dict(self.identities.get(node.key, {})),
+            settings=_dump(ctx.settings),
+        )
+        self.keys[node.key] = key
+        cached = None if node.spec.output else self.cache.get(key.digest)
+        if cached is not None:
+            self.identities[node.key] = {**cached.identities, **self.identities.get(node.key, {})}
+            self.records[node.key] = dict(cached.records)
+            self.result.cached.append(node.key)
+            self._explain(node, key, True, self._reason(node, key, cached=True))
+            self.events.emit("stage_done", stage=node.key, type=node.spec.id, cached=True, seconds=0.0,
+                             cache_key=key.digest[:16], reason=self._reason(node, key, cached=True))
+            return cached.outputs
+        reason = self._reason(node, key, cached=False)
+        outputs = self._run_stage(ctx, node, inputs, key, reason)
+        if not node.spec.output:
+            persistent = any(p.type in graph.persistent_types for p in node.spec.outputs.values())
+            entry = _Cached(outputs, dict(self.identities.get(node.key, {})), dict(self.records.get(node.key, {})))
+            self.cache.put(key.digest, entry, persistent)
+        self.result.ran.append(node.key)
+        return outputs
+
+    def _reason(self, node: StageNode, key: CacheKey, cached: bool) -> str:
+        if cached:
+            return "reused: nothing it depends on changed"
+        if node.spec.output:
+            return "ran: output stages always run"
+        before = self.previous.get(node.key)
+        if before is None:
+            return "ran: first run of this stage in this process"
+        changes = key.differences(before)
+        if not changes:
+            return "ran: its earlier result was not kept (only models stay between runs)"
+        return "ran: " + "; ".join(changes)
+
+    def _explain(self, node: StageNode, key: CacheKey, cached: bool, reason: str) -> None:
+        if self.explain is not None:
+            self.explain.write(f"{node.key} ({node.spec.id}) [{key.digest[:12]}]: {reason}\n")
+            self.explain.flush()
+
+    def _identify(self, ctx: RunContext, node: StageNode) -> None:
         identify = resolve_callable(getattr(node.spec, "identify", None))
         if identify is None:
-            return {}
+            return
         try:
-            return dict(identify(ctx, node.params) or {})
+            found = dict(identify(ctx, node.params) or {})
         except StageError as err:
             raise RunError([_diagnostic(node, err.code, err.message, err.help)]) from None
+        self.identities.setdefault(node.key, {}).update(found)
 
-    def _run_stage(self, ctx: RunContext, node: StageNode, inputs: dict[str, Any]) -> Mapping[str, Any]:
+    def _run_stage(self, ctx: RunContext, node: StageNode, inputs: dict[str, Any], key: CacheKey,
+                   reason: str) -> Mapping[str, Any]:
         run = resolve_callable(node.spec.run)
         if run is None:
             raise RunError([_diagnostic(node, "E603", f"stage type '{node.spec.id}' cannot run",
                                         f"plugin '{node.spec.plugin}' declares it without a run function")])
+        self._explain(node, key, False, reason)
         self.events.emit("stage_started", stage=node.key, type=node.spec.id, line=node.span.line)
         label = f"{node.key} ({node.spec.id})"
         self.events.status(f"{label} ...")
@@ -280,22 +412,36 @@ class Executor:
                                         f"a bug in plugin '{node.spec.plugin}'")])
         seconds = time.perf_counter() - start
         self.events.status(f"{label} done in {seconds:.2f}s", final=True)
-        self.events.emit("stage_done", stage=node.key, type=node.spec.id, cached=False, seconds=round(seconds, 3))
+        self.events.emit("stage_done", stage=node.key, type=node.spec.id, cached=False, seconds=round(seconds, 3),
+                         cache_key=key.digest[:16], reason=reason)
         return outputs
 
 
-def cache_key(node: StageNode, input_keys: Mapping[str, str], identity: Mapping[str, str],
-              options: RunOptions) -> str:
-    payload = {
-        "stage": node.spec.id,
-        "plugin": node.spec.plugin,
-        "version": node.spec.version,
-        "params": node.params.model_dump(mode="json"),
-        "inputs": dict(input_keys),
-        "identity": dict(identity),
-        "options": options.fingerprint(),
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+def _future_uses(graph: StageGraph) -> tuple[dict[str, str], dict[str, int]]:
+    """Which stages will share a result, and how often each result is used.
+
+    Stages of one type with the same parameters and the same inputs (a
+    prompt encoded twice) will have the same cache key, so they form one
+    group; a group's result is used once by each of its stages and once by
+    each stage that consumes one of them.  When the count falls to zero no
+    later stage needs the result.  (Files named by ``identify`` are left out
+    of this grouping: they can only split a group, never join two.)
+    """
+    group: dict[str, str] = {}
+    for key in graph.order:
+        node = graph.nodes[key]
+        shape = {"stage": node.spec.qualified, "params": node.params.model_dump(mode="json"),
+                 "inputs": {p: f"{group[c.stage]}:{c.port}" for p, c in node.inputs.items()}}
+        group[key] = key if node.spec.output else json.dumps(shape, sort_keys=True, default=str)
+    uses: dict[str, int] = {}
+    for key in graph.order:
+        for used in [key, *(c.stage for c in graph.nodes[key].inputs.values())]:
+            uses[group[used]] = uses.get(group[used], 0) + 1
+    return group, uses
+
+
+def _dump(settings: Any) -> dict[str, Any]:
+    return settings.model_dump(mode="json") if isinstance(settings, BaseModel) else {}
 
 
 def _diagnostic(node: StageNode, code: str, message: str, help: str | None) -> Diagnostic:

@@ -112,6 +112,10 @@ def _statement_lines(statement: ast.Statement, comments: _Comments) -> list[str]
     trailing = f"  {comments.trailing.text.rstrip()}" if comments.trailing else ""
     if isinstance(statement, ast.Header):
         return [f"{statement.keyword} {statement.version}{trailing}"]
+    if isinstance(statement, ast.Require):
+        text = (statement.specifier or "").replace("\\", "\\\\").replace('"', '\\"')
+        version = f' "{text}"' if statement.specifier is not None else ""
+        return [f"require {statement.plugin}{version}{trailing}"]
     if isinstance(statement, ast.Param):
         # A comment inside a list over several lines is kept above the param.
         above = [comment.text.rstrip() for comment in comments.closing]

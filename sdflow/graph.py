@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from sdflow import ast
 from sdflow.diagnostics import Diagnostic, did_you_mean, one_of
-from sdflow.registry import Registry, StageSpec
+from sdflow.registry import Registry, StageSpec, namespace
 
 LANGUAGE_VERSION = 1
 
@@ -55,6 +55,8 @@ class StageGraph:
     order: tuple[str, ...]
     params: Mapping[str, Any]
     warnings: tuple[Diagnostic, ...] = field(default=())
+    persistent_types: frozenset[str] = frozenset()
+    settings_models: Mapping[str, type[BaseModel]] = field(default_factory=dict)
 
     @property
     def outputs(self) -> list[str]:
@@ -90,6 +92,8 @@ def check(
         checker.order(),
         checker.params,
         tuple(d for d in diagnostics if not d.is_error),
+        frozenset(name for name, port in registry.port_types.items() if port.persistent),
+        {plugin: spec.model for plugin, spec in registry.settings.items()},
     )
     return graph, diagnostics
 
@@ -181,6 +185,7 @@ class _Checker:
         self.stage_decls: dict[str, ast.Stage] = {}
         self.used: set[str] = set()
         self.current: str | None = None  # the stage being checked, never its own source
+        self.keys = stage_keys(recipe)
 
     def error(self, code: str, message: str, span: ast.Span | None, help: str | None = None) -> None:
         self.diagnostics.append(Diagnostic(code, message, span, help))
@@ -190,6 +195,7 @@ class _Checker:
 
     def run(self, syntax_ok: bool) -> None:
         self.check_header(syntax_ok)
+        self.check_requires()
         self.collect_names()
         for statement in self.recipe.statements:
             if isinstance(statement, ast.Stage):
@@ -224,6 +230,39 @@ class _Checker:
             self.error("E203", "a recipe has one version header", extra.span,
                        f"first given at line {headers[0].span.line}; remove this one")
 
+    def check_requires(self) -> None:
+        """Each ``require``: the plugin is loaded, and its version is in range."""
+        from packaging.specifiers import InvalidSpecifier, SpecifierSet
+        from packaging.version import InvalidVersion, Version
+
+        plugins = {namespace(name): info for name, info in self.registry.plugins.items()}
+        for req in (s for s in self.recipe.statements if isinstance(s, ast.Require)):
+            info = self.registry.plugins.get(req.plugin) or plugins.get(req.plugin)
+            if info is None or info.disabled or info.error:
+                why = ("is disabled (SDFLOW_DISABLE_PLUGINS)" if info is not None and info.disabled
+                       else f"failed to load: {info.error}" if info is not None else "is not installed")
+                hint = did_you_mean(req.plugin, list(plugins)) if info is None else None
+                self.error("E250", f"the recipe requires plugin '{req.plugin}', which {why}", req.plugin_span,
+                           hint or "install it, or remove this line; 'sdflow plugins' lists the plugins")
+                continue
+            if req.specifier is None:
+                continue
+            try:
+                wanted = SpecifierSet(req.specifier)
+            except InvalidSpecifier:
+                self.error("E251", f"'{req.specifier}' is not a version range", req.specifier_span,
+                           'write one as pip does, such as ">=1.2" or ">=1.2,<2"')
+                continue
+            try:
+                ok = Version(info.version) in wanted
+            except InvalidVersion:
+                ok = False
+            if not ok:
+                self.error("E252", f"the recipe requires plugin '{req.plugin}' {req.specifier}, "
+                           f"but version {info.version} is installed", req.specifier_span,
+                           "install a version of its package in that range,"
+                           " or change the range")
+
     def collect_names(self) -> None:
         first_seen: dict[str, ast.Span] = {}
         for statement in self.recipe.statements:
@@ -249,7 +288,7 @@ class _Checker:
     # one stage ------------------------------------------------------------
     def check_stage(self, stage: ast.Stage) -> None:
         self.current = stage.name
-        spec = self.registry.stages.get(stage.stage_type)
+        spec = self.registry.stage(stage.stage_type)
         if spec is None:
             self.unknown_stage(stage)
             for arg in stage.args:
@@ -294,11 +333,22 @@ class _Checker:
         params = self.validate_params(spec, stage, values, value_spans, set(seen))
         if params is None or not ok:
             return
-        key = stage_key(stage)
+        key = self.keys[id(stage)]
         self.nodes[key] = StageNode(key, stage.name, spec, params, inputs, stage.span)
 
     def unknown_stage(self, stage: ast.Stage) -> None:
-        hint = did_you_mean(stage.stage_type, self.registry.stages)
+        found = self.registry.candidates(stage.stage_type)
+        if len(found) > 1:
+            plugins = " and ".join(f"'{s.plugin}'" for s in found)
+            self.error("E221", f"stage type '{stage.stage_type}' is defined by plugins {plugins}",
+                       stage.type_span, f"write its full name: {one_of([s.qualified for s in found])}")
+            return
+        broken = self.registry.broken_stage(stage.stage_type)
+        if broken is not None:
+            self.error("E220", f"stage type '{stage.stage_type}' could not register", stage.type_span,
+                       f"{broken}; run 'sdflow plugins'")
+            return
+        hint = did_you_mean(stage.stage_type, self.registry.names())
         if hint is None:
             failed = [p.name for p in self.registry.failed_plugins()]
             hint = (f"plugin {one_of(failed)} failed to load; run 'sdflow plugins'" if failed
@@ -316,7 +366,7 @@ class _Checker:
     def outputs_of_type(self, port_type: str) -> list[str]:
         refs = []
         for name, decl in self.stage_decls.items():
-            spec = self.registry.stages.get(decl.stage_type)
+            spec = self.registry.stage(decl.stage_type)
             if spec is None or name == self.current:
                 continue
             for port, out in spec.outputs.items():
@@ -345,7 +395,7 @@ class _Checker:
         if actual != expected:
             self.mismatch(arg.name, expected, value, actual, source_spec)
             return None
-        return Connection(stage_key(self.stage_decls[value.name]), port)
+        return Connection(self.keys[id(self.stage_decls[value.name])], port)
 
     def pick_port(self, spec: StageSpec, ref: ast.Ref, arg_name: str, expected: str) -> Connection | None:
         if not spec.outputs:
@@ -363,7 +413,7 @@ class _Checker:
         if out.type != expected:
             self.mismatch(arg_name, expected, ref, out.type, spec)
             return None
-        return Connection(stage_key(self.stage_decls[ref.name]), port)
+        return Connection(self.keys[id(self.stage_decls[ref.name])], port)
 
     def mismatch(self, arg_name: str, expected: str, ref: ast.Ref, actual: str, spec: StageSpec) -> None:
         same = [p for p, out in spec.outputs.items() if out.type == expected]
@@ -384,7 +434,7 @@ class _Checker:
             if ref.name not in self.recipe.broken_names:
                 self.unknown_name(ref)
             return None
-        spec = self.registry.stages.get(decl.stage_type)
+        spec = self.registry.stage(decl.stage_type)
         if spec is None:
             return None  # reported at its own statement
         if ref.port is not None and ref.port not in spec.outputs:
@@ -396,7 +446,7 @@ class _Checker:
 
     def unknown_name(self, ref: ast.Ref) -> None:
         hint = did_you_mean(ref.name, self.known_names())
-        if hint is None and ref.port is None and ref.name in self.registry.stages:
+        if hint is None and ref.port is None and self.registry.candidates(ref.name):
             hint = f"'{ref.name}' is a stage type; call it on a line of its own and use its name"
         self.error("E240", f"unknown name '{ref.name}'", ref.name_span,
                    hint or "define it with 'name = stage(...)' or 'param name = value'")
@@ -467,11 +517,11 @@ class _Checker:
     # the whole graph ----------------------------------------------------------
     def check_outputs(self) -> None:
         stages = [s for s in self.recipe.statements if isinstance(s, ast.Stage)]
-        known = [s for s in stages if s.stage_type in self.registry.stages]
-        if len(known) < len(stages):
+        known = [self.registry.stage(s.stage_type) for s in stages]
+        if None in known:
             return  # an unknown stage type might have been the output
-        if not any(self.registry.stages[s.stage_type].output for s in known):
-            outputs = [sid for sid, spec in self.registry.stages.items() if spec.output]
+        if not any(spec.output for spec in known):
+            outputs = sorted({spec.id for spec in self.registry.stages.values() if spec.output})
             statements = self.recipe.statements
             end = statements[-1].span if statements else ast.Span(self.recipe.file, 1, 1, 1, 2)
             self.error("E501", "the recipe has no output stage, so running it would do nothing", end,
@@ -491,13 +541,13 @@ class _Checker:
             if name not in self.used:
                 self.warn("W101", f"param '{name}' is never used", decl.name_span, "use it or remove it")
         for name, decl in self.stage_decls.items():
-            spec = self.registry.stages.get(decl.stage_type)
+            spec = self.registry.stage(decl.stage_type)
             if name not in self.used and spec is not None and not spec.output:
                 self.warn("W102", f"the result '{name}' is never used", decl.name_span,
                           "pass it to another stage, or remove it")
         for statement in self.recipe.statements:
             if isinstance(statement, ast.Stage) and statement.name is None:
-                spec = self.registry.stages.get(statement.stage_type)
+                spec = self.registry.stage(statement.stage_type)
                 if spec is not None and not spec.output:
                     self.warn("W103", f"the result of '{spec.id}' is thrown away", statement.type_span,
                               f"name it ('x = {spec.id}(...)') and use it, or remove it")
@@ -525,10 +575,20 @@ def upstream(nodes: Mapping[str, StageNode], keys: list[str]) -> list[str]:
     return list(seen)
 
 
-def stage_key(stage: ast.Stage) -> str:
-    """A stage's key in the graph: its name, or for an unnamed stage its
-    type and line (``save_image@12``)."""
-    return stage.name if stage.name is not None else f"{stage.stage_type}@{stage.span.line}"
+def stage_keys(recipe: ast.Recipe) -> dict[int, str]:
+    """Each stage's key in the graph (by the statement's ``id``): its name,
+    or for an unnamed stage its type and its count among the unnamed stages
+    of that type (``save_image#2``), which ``sdflow fmt`` cannot change."""
+    keys: dict[int, str] = {}
+    counts: dict[str, int] = {}
+    for statement in recipe.statements:
+        if isinstance(statement, ast.Stage):
+            if statement.name is not None:
+                keys[id(statement)] = statement.name
+            else:
+                counts[statement.stage_type] = counts.get(statement.stage_type, 0) + 1
+                keys[id(statement)] = f"{statement.stage_type}#{counts[statement.stage_type]}"
+    return keys
 
 
 def _place(key: str, nodes: Mapping[str, StageNode], placed: set[str], order: list[str]) -> None:

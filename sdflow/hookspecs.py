@@ -6,7 +6,7 @@ A plugin is a module (or object) with functions marked ``@hookimpl``::
 
     @hookimpl
     def sdflow_stage_types(registry):
-        registry.add_stage(...)
+        registry.add_stages(my_plugin.stages)
 
 and is found through the ``sdflow`` entry-point group of its distribution.
 The built-in diffusion stages are registered exactly this way.
@@ -38,11 +38,23 @@ def sdflow_port_types(registry: PluginRegistry) -> None:
 
 
 @hookspec
+def sdflow_settings(registry: PluginRegistry) -> None:
+    """Declare this plugin's run settings with ``registry.add_settings(Model)``.
+
+    ``Model`` is a pydantic model whose fields, each with a default and a
+    description, become ``sdflow run`` flags and environment variables (see
+    :mod:`sdflow.settings`); a stage reads the values as ``ctx.settings``.
+    Called once per plugin when the registry is built, after every
+    plugin's ``sdflow_port_types``.  Returns nothing: it adds to ``registry``.
+    """
+
+
+@hookspec
 def sdflow_stage_types(registry: PluginRegistry) -> None:
     """Add the stage types this plugin defines, with ``registry.add_stage``.
 
     Called once per plugin when the registry is built, after every plugin's
-    ``sdflow_port_types``.  Must not import heavy libraries (torch,
+    ``sdflow_port_types`` and ``sdflow_settings``.  Must not import heavy libraries (torch,
     diffusers): checking a recipe never does.  Returns nothing: it adds to
     ``registry``.
     """

@@ -39,6 +39,7 @@ _TOKEN_WORDS = {
     "TRUE": "'true'",
     "FALSE": "'false'",
     "PARAM": "'param'",
+    "REQUIRE": "'require'",
     "EQUAL": "'='",
     "COMMA": "','",
     "DOT": "'.'",
@@ -91,6 +92,15 @@ class _Builder(Transformer):
         self.statements.append(node)
         return node
 
+    def require(self, children):
+        keyword, plugin, *rest = [c for c in children if c is not None]
+        spec = rest[0] if rest else None
+        node = ast.Require(str(plugin), unescape(spec[1:-1]) if spec is not None else None,
+                           self.span(keyword, spec or plugin), self.span(plugin),
+                           self.span(spec) if spec is not None else None)
+        self.statements.append(node)
+        return node
+
     def param(self, children):
         keyword, name, _eq, value = children
         node = ast.Param(str(name), value, self.span(keyword).to(value.span), self.span(name))
@@ -101,16 +111,19 @@ class _Builder(Transformer):
         children = [c for c in children if c is not None]
         named = isinstance(children[1], Token) and children[1].type == "EQUAL"
         type_token = children[2] if named else children[0]
+        type_end = type_token
+        if (dot := children.index(type_token) + 1) < len(children) and getattr(children[dot], "type", "") == "DOT":
+            type_end = children[dot + 1]  # a full name, `plugin.stage`
         close = children[-1]
         args = tuple(c for c in children if isinstance(c, ast.Arg))
         before_close = children[-2]
         node = ast.Stage(
             name=str(children[0]) if named else None,
-            stage_type=str(type_token),
+            stage_type=str(type_token) if type_end is type_token else f"{type_token}.{type_end}",
             args=args,
             span=self.span(children[0], close),
             name_span=self.span(children[0]) if named else None,
-            type_span=self.span(type_token),
+            type_span=self.span(type_token, type_end),
             trailing_comma=isinstance(before_close, Token) and before_close.type == "COMMA",
         )
         self.statements.append(node)
@@ -459,9 +472,11 @@ def _statement_help(tok, expected, prev, chunk) -> str | None:
             value = "[...]" if tok.type == "LSQB" else tok
             return f"a result comes from a stage call; to name a value, write: param {first} = {value}"
     if tok.type == "DOT":
-        return "a stage type is a plain name, as in empty_latent"
+        return "a stage type is a name, as in empty_latent, or a plugin's and a name, as in diffusion.empty_latent"
     if tok.type in _CLOSE:
         return f"there is no opening bracket for this '{tok}' to close"
+    if first.type == "REQUIRE":
+        return 'write: require plugin_name ">=1.0" (the version range may be left out)'
     return "a statement is 'name = stage(...)', 'stage(...)', 'param name = value' or 'sdflow 1'"
 
 

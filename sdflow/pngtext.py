@@ -10,8 +10,9 @@ import struct
 import zlib
 from pathlib import Path
 
+from sdflow.metadata import PREFIX
+
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
-PREFIX = "sdflow."
 
 
 def read_png_text(path: Path) -> dict[str, str]:

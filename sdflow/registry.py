@@ -1,37 +1,53 @@
-"""Stage types and port types, gathered from plugins through pluggy.
+"""Stage types, port types and settings, gathered from plugins through pluggy.
 
 Every plugin (the built-in diffusion stages included) is found through the
 ``sdflow`` entry-point group and registered with the same call.  Each hook is
 handed a :class:`PluginRegistry` bound to the calling plugin, so that every
 stage type knows where it came from, and a plugin that fails to import, or
 adds a bad stage type, is reported by name while the others keep working.
+
+Stage types are namespaced by plugin: ``diffusion.sample`` is the full name,
+``sample`` the short one a recipe may use while one plugin alone defines it.
 """
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import keyword
+import os
 import re
+import sys
 from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import pluggy
 from pydantic import BaseModel
 
 from sdflow import hookspecs
+from sdflow.stage import StageType, stage_types_in
 
 ENTRY_POINT_GROUP = "sdflow"
+DISABLE_ENV = "SDFLOW_DISABLE_PLUGINS"
+TRACE_ENV = "SDFLOW_TRACE_PLUGINS"
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PORT_TYPE = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
 
 @dataclass(frozen=True, slots=True)
 class PortType:
-    """A kind of value that flows between stages: MODEL, LATENT, IMAGE..."""
+    """A kind of value that flows between stages: MODEL, LATENT, IMAGE...
+
+    ``persistent`` values (models) stay cached while the process runs;
+    others are dropped as soon as no remaining stage of a run needs them.
+    """
 
     name: str
     doc: str
     plugin: str
+    persistent: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,15 +62,16 @@ class Port:
 
 @dataclass(frozen=True)
 class StageSpec:
-    """Everything the checker knows of a stage type.
+    """Everything the checker and the executor know of a stage type.
 
     ``params`` is a pydantic model of the literal arguments (validated in
     strict mode); ``inputs`` and ``outputs`` are typed ports that connect
     stages.  An ``output`` stage (save_image) is one a recipe runs for: only
-    stages leading to one are run.  ``run`` is the function that executes it
-    and ``identify`` the one that names the files it reads (for the cache
-    key); each is a function or a ``"module:function"`` string imported when
-    the stage first runs.  The checker never calls them.
+    stages leading to one are run.  ``run`` executes it and ``identify``
+    names the files it reads (for the cache key and the outputs' metadata);
+    each is a function, or a ``"module:function"`` string verified when the
+    registry is built and imported when the stage first runs.  The checker
+    never calls them.
     """
 
     id: str
@@ -69,8 +86,22 @@ class StageSpec:
     identify: Callable[..., Any] | str | None = None
 
     @property
+    def qualified(self) -> str:
+        """The stage type's full name, ``plugin.id``."""
+        return f"{namespace(self.plugin)}.{self.id}"
+
+    @property
     def argument_names(self) -> list[str]:
         return list(self.inputs) + list(self.params.model_fields)
+
+
+@dataclass(frozen=True)
+class SettingsSpec:
+    """A plugin's run settings: a pydantic model whose fields become
+    ``sdflow run`` flags and environment variables (see :mod:`sdflow.settings`)."""
+
+    plugin: str
+    model: type[BaseModel]
 
 
 @dataclass
@@ -82,15 +113,19 @@ class PluginInfo:
     module: str
     stages: list[str] = field(default_factory=list)
     port_types: list[str] = field(default_factory=list)
+    settings: type[BaseModel] | None = None
     error: str | None = None
+    disabled: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class PluginProblem:
-    """Something wrong with a plugin: shown by every command, never fatal."""
+    """Something wrong with a plugin: shown by every command, fatal only
+    with ``--strict-plugins``."""
 
     plugin: str
     message: str
+    stage: str | None = None  # the stage type it kept from registering
 
     def __str__(self) -> str:
         return f"plugin '{self.plugin}': {self.message}"
@@ -100,20 +135,53 @@ class PluginError(Exception):
     """A stage or port type that a plugin tried to add is not valid."""
 
 
+def namespace(plugin: str) -> str:
+    """A plugin's name as the first part of its stage types' full names."""
+    return re.sub(r"\W", "_", plugin)
+
+
 class Registry:
-    """The stage types and port types of every loaded plugin."""
+    """The stage types, port types and settings of every loaded plugin."""
 
     def __init__(self) -> None:
-        self.stages: dict[str, StageSpec] = {}
+        self.stages: dict[str, StageSpec] = {}  # by full name, "plugin.id"
         self.port_types: dict[str, PortType] = {}
         self.plugins: dict[str, PluginInfo] = {}
+        self.settings: dict[str, SettingsSpec] = {}
         self.problems: list[PluginProblem] = []
+        self._short: dict[str, list[str]] = {}
 
     def for_plugin(self, name: str) -> PluginRegistry:
         return PluginRegistry(self, self.plugins[name])
 
     def failed_plugins(self) -> list[PluginInfo]:
         return [p for p in self.plugins.values() if p.error]
+
+    def candidates(self, name: str) -> list[StageSpec]:
+        """The stage types a recipe's ``name`` may mean: the one of that full
+        name, or every one of that short name (several: ambiguous)."""
+        if name in self.stages:
+            return [self.stages[name]]
+        return [self.stages[q] for q in self._short.get(name, [])]
+
+    def stage(self, name: str) -> StageSpec | None:
+        """The stage type ``name`` (full or short) means, or None when no
+        plugin defines it or several do."""
+        found = self.candidates(name)
+        return found[0] if len(found) == 1 else None
+
+    def names(self) -> list[str]:
+        """Every name a recipe can call a stage type by."""
+        return [*self._short, *self.stages]
+
+    def broken_stage(self, name: str) -> PluginProblem | None:
+        """The problem that kept stage type ``name`` from registering, if any."""
+        short = name.rpartition(".")[2]
+        return next((p for p in self.problems if p.stage in (name, short)), None)
+
+    def _add(self, spec: StageSpec) -> None:
+        self.stages[spec.qualified] = spec
+        self._short.setdefault(spec.id, []).append(spec.qualified)
 
 
 class PluginRegistry:
@@ -127,17 +195,21 @@ class PluginRegistry:
     def plugin_name(self) -> str:
         return self._plugin.name
 
-    def add_port_type(self, name: str, doc: str = "") -> None:
+    def _problem(self, message: str, stage: str | None = None) -> None:
+        self._registry.problems.append(PluginProblem(self._plugin.name, message, stage))
+
+    def add_port_type(self, name: str, doc: str = "", *, persistent: bool = False) -> None:
         """Declare a port type (upper case, such as ``LATENT``).
 
-        A bad or duplicate one is recorded as a problem of this plugin.
+        ``persistent``: its values (models) stay cached while the process
+        runs.  A bad or duplicate one is recorded as a problem of this plugin.
         """
         try:
-            self._add_port_type(name, doc)
+            self._add_port_type(name, doc, persistent)
         except PluginError as exc:
-            self._registry.problems.append(PluginProblem(self._plugin.name, str(exc)))
+            self._problem(str(exc))
 
-    def _add_port_type(self, name: str, doc: str) -> None:
+    def _add_port_type(self, name: str, doc: str, persistent: bool) -> None:
         if not isinstance(name, str) or not _PORT_TYPE.match(name):
             raise PluginError(f"port type {name!r} must be upper case letters, digits and '_'")
         existing = self._registry.port_types.get(name)
@@ -145,8 +217,39 @@ class PluginRegistry:
             if existing.plugin == self._plugin.name:
                 return
             raise PluginError(f"port type {name!r} is already defined by plugin '{existing.plugin}'")
-        self._registry.port_types[name] = PortType(name, doc, self._plugin.name)
+        self._registry.port_types[name] = PortType(name, doc, self._plugin.name, bool(persistent))
         self._plugin.port_types.append(name)
+
+    def add_settings(self, model: type[BaseModel]) -> None:
+        """Declare this plugin's run settings: a pydantic model whose fields
+        (each with a default and a description) become ``sdflow run`` flags
+        and environment variables.  A stage reads them as ``ctx.settings``."""
+        from sdflow.settings import settings_problem
+
+        problem = settings_problem(model, self._registry.settings.values())
+        if problem is not None:
+            self._problem(problem)
+            return
+        self._registry.settings[self._plugin.name] = SettingsSpec(self._plugin.name, model)
+        self._plugin.settings = model
+
+    def add_stages(self, source: Any) -> None:
+        """Register every stage type (see :func:`sdflow.stage`) that a
+        module, a package of modules, or an iterable of them holds."""
+        if isinstance(source, StageType):
+            types: Iterable[StageType] = [source]
+        elif isinstance(source, (list, tuple)):
+            types = source
+        else:
+            try:
+                types = list(stage_types_in(source))
+            except Exception as exc:  # a module that fails to import is this plugin's problem
+                self._problem(f"cannot import {getattr(source, '__name__', source)}: {_reason(exc)}")
+                return
+        for declared in types:
+            self.add_stage(declared.name, params=declared.params, inputs=declared.inputs,
+                           outputs=declared.outputs, output=declared.output, version=declared.version,
+                           doc=declared.doc, run=declared.run, identify=declared.identify)
 
     def add_stage(
         self,
@@ -161,22 +264,25 @@ class PluginRegistry:
         run: Callable[..., Any] | str | None = None,
         identify: Callable[..., Any] | str | None = None,
     ) -> StageSpec | None:
-        """Declare a stage type.
+        """Declare a stage type (the lower-level form of :func:`sdflow.stage`).
 
         ``params`` is a pydantic model of its literal arguments; ``inputs``
         and ``outputs`` map port names to port types (a type name or a
         :class:`Port`); ``output`` marks a stage that a recipe runs for;
         ``version`` (default: the plugin's) is part of a result's cache key.
-        A bad or duplicate stage type is recorded as a problem of this plugin
-        and left out; the plugin's other stage types still register.
+        ``run`` and ``identify`` may be ``"module:function"`` strings, so that
+        declaring imports nothing heavy; they are verified here, without
+        importing the module.  A bad or duplicate stage type is recorded as
+        a problem of this plugin and left out; the plugin's other stage types
+        still register.
         """
         try:
             spec = self._make_spec(id, params, inputs, outputs, output, version, doc, run, identify)
             self._check(spec)
         except PluginError as exc:
-            self._registry.problems.append(PluginProblem(self._plugin.name, str(exc)))
+            self._problem(str(exc), id if isinstance(id, str) else None)
             return None
-        self._registry.stages[id] = spec
+        self._registry._add(spec)
         self._plugin.stages.append(id)
         return spec
 
@@ -202,9 +308,9 @@ class PluginRegistry:
     def _check(self, spec: StageSpec) -> None:
         if not isinstance(spec.id, str) or not _IDENT.match(spec.id) or keyword.iskeyword(spec.id):
             raise PluginError(f"stage id {spec.id!r} is not a valid name")
-        existing = self._registry.stages.get(spec.id)
+        existing = self._registry.stages.get(spec.qualified)
         if existing is not None:
-            raise PluginError(f"stage type '{spec.id}' is already defined by plugin '{existing.plugin}'")
+            raise PluginError(f"stage type '{spec.id}' is defined twice by this plugin")
         if not (isinstance(spec.params, type) and issubclass(spec.params, BaseModel)) or spec.params is BaseModel:
             raise PluginError(f"stage type '{spec.id}': params must be a pydantic BaseModel class")
         if not spec.outputs and not spec.output:
@@ -219,6 +325,10 @@ class PluginRegistry:
                 raise PluginError(
                     f"stage type '{spec.id}': port '{name}' has unknown port type '{port.type}'"
                 )
+        for role, target in (("run", spec.run), ("identify", spec.identify)):
+            problem = reference_problem(target)
+            if problem is not None:
+                raise PluginError(f"stage type '{spec.id}': its {role} function {problem}")
 
 
 def _port(value: str | Port) -> Port:
@@ -229,7 +339,69 @@ def _port(value: str | Port) -> Port:
     raise TypeError(f"{value!r} is not a port type")
 
 
+def reference_problem(target: Callable[..., Any] | str | None) -> str | None:
+    """Why a ``run``/``identify`` reference cannot work, or None.
+
+    A ``"module:function"`` string is checked without importing the module
+    (which may import torch): the module must be found, and its source must
+    define or import ``function`` at its top level.
+    """
+    if target is None or callable(target):
+        return None
+    if not isinstance(target, str):
+        return f"must be a function or a 'module:function' string, not {type(target).__name__}"
+    module, sep, name = target.partition(":")
+    if not sep or not module or not _IDENT.match(name):
+        return f"'{target}' is not written 'module:function'"
+    try:
+        found = importlib.util.find_spec(module)
+    except (ImportError, ValueError) as exc:
+        return f"'{target}': cannot look up module '{module}' ({_reason(exc)})"
+    if found is None:
+        return f"'{target}': no module named '{module}'"
+    if module in sys.modules:
+        return None if hasattr(sys.modules[module], name) else f"'{target}': '{module}' has no '{name}'"
+    names = _top_level_names(found.origin)
+    if names is not None and name not in names:
+        return f"'{target}': '{module}' has no '{name}'"
+    return None
+
+
+def _top_level_names(origin: str | None) -> set[str] | None:
+    """The names a Python source file binds at its top level (None when it
+    has no readable source: a compiled module is trusted)."""
+    if not origin or not origin.endswith(".py"):
+        return None
+    try:
+        tree = ast.parse(Path(origin).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, UnicodeDecodeError):
+        return None
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+    return names
+
+
 # building the registry ----------------------------------------------------
+
+
+def disabled_plugins() -> set[str]:
+    """The plugins ``SDFLOW_DISABLE_PLUGINS=a,b`` turns off."""
+    return {name.strip() for name in os.environ.get(DISABLE_ENV, "").split(",") if name.strip()}
+
+
+def _tracing() -> bool:
+    return os.environ.get(TRACE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _trace(text: str) -> None:
+    print(f"sdflow: trace: {text}", file=sys.stderr)
 
 
 def plugin_manager(entry_points: bool = True) -> tuple[pluggy.PluginManager, list[PluginProblem], dict]:
@@ -237,10 +409,16 @@ def plugin_manager(entry_points: bool = True) -> tuple[pluggy.PluginManager, lis
 
     Returns the manager, the plugins that failed to load (by name, with the
     reason), and each loaded plugin's distribution version.  Plugins are
-    loaded one by one, so one broken plugin cannot stop the others.
+    loaded one by one, so one broken plugin cannot stop the others.  Those
+    named in ``SDFLOW_DISABLE_PLUGINS`` are blocked, not imported.
     """
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
+    if _tracing():
+        pm.trace.root.setwriter(lambda text: sys.stderr.write(f"sdflow: trace: {text}"))
+        pm.enable_tracing()
+    for name in disabled_plugins():
+        pm.set_blocked(name)
     problems: list[PluginProblem] = []
     versions: dict[str, str] = {}
     if entry_points:
@@ -248,6 +426,9 @@ def plugin_manager(entry_points: bool = True) -> tuple[pluggy.PluginManager, lis
             if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
                 continue
             version = ep.dist.version if ep.dist is not None else "unknown"
+            versions[ep.name] = version
+            if _tracing():
+                _trace(f"loading plugin '{ep.name}' {version} from {ep.value}")
             try:
                 plugin = ep.load()
                 pm.register(plugin, name=ep.name)
@@ -256,9 +437,6 @@ def plugin_manager(entry_points: bool = True) -> tuple[pluggy.PluginManager, lis
                 if pm.get_plugin(ep.name) is not None:
                     pm.unregister(name=ep.name)
                 problems.append(PluginProblem(ep.name, f"failed to load ({ep.value}): {_reason(exc)}"))
-                versions[ep.name] = version
-                continue
-            versions[ep.name] = version
     return pm, problems, versions
 
 
@@ -270,7 +448,7 @@ def _entry_points() -> list[metadata.EntryPoint]:
             seen.add(ep.name)
             found.append(ep)
     # sdflow's own plugins register first, so that a third-party plugin that
-    # reuses a built-in stage id is the one reported, whatever its name.
+    # reuses a built-in port type is the one reported, whatever its name.
     return sorted(found, key=lambda ep: (_dist_name(ep) != "sdflow", ep.name))
 
 
@@ -280,6 +458,9 @@ def _dist_name(ep: metadata.EntryPoint) -> str:
 
 def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
+
+
+HOOK_ORDER = ("sdflow_port_types", "sdflow_settings", "sdflow_stage_types")
 
 
 def build_registry(
@@ -300,21 +481,27 @@ def build_registry(
         registry.plugins[problem.plugin] = PluginInfo(
             problem.plugin, versions.get(problem.plugin, "unknown"), "", error=problem.message
         )
+    disabled = disabled_plugins()
+    for ep in _entry_points() if disabled else []:
+        if ep.name in disabled and ep.name not in registry.plugins:
+            version = ep.dist.version if ep.dist is not None else "unknown"
+            registry.plugins[ep.name] = PluginInfo(ep.name, version, ep.value, disabled=True)
     for name, plugin in pm.list_name_plugin():
-        if name is None:
+        if name is None or plugin is None:
             continue
         module = getattr(plugin, "__name__", type(plugin).__name__)
         version = versions.get(name) or str(getattr(plugin, "__version__", "0"))
         registry.plugins[name] = PluginInfo(name, version, module)
-    for hook in (pm.hook.sdflow_port_types, pm.hook.sdflow_stage_types):
-        # In registration order, so a stage type already taken stays with the
+    for hook_name in HOOK_ORDER:
+        # In registration order, so a port type already taken stays with the
         # plugin that came first and the clash is blamed on the newcomer.
-        for impl in hook.get_hookimpls():
+        for impl in getattr(pm.hook, hook_name).get_hookimpls():
             info = registry.plugins.get(impl.plugin_name)
             if info is None:
                 continue
-            view = registry.for_plugin(impl.plugin_name)
-            _call_hook(impl.function, view, registry, info)
+            if _tracing():
+                _trace(f"{hook_name}(registry) -> plugin '{info.name}'")
+            _call_hook(impl.function, registry.for_plugin(impl.plugin_name), registry, info)
     return registry
 
 

@@ -19,15 +19,17 @@ pytest.importorskip("diffusers")
 
 from safetensors.torch import save_file  # noqa: E402
 
-from sdflow.execute import RunOptions, StageError, file_sha256  # noqa: E402
-from sdflow_diffusion.checkpoint import find_checkpoint, load_checkpoint  # noqa: E402
-from sdflow_diffusion.families import FAMILIES_DIR, detect_family, expected_shapes  # noqa: E402
-from sdflow_diffusion.ldm_layout import to_original  # noqa: E402
+from sdflow.plugin import StageError  # noqa: E402
+from sdflow_diffusion.settings import DiffusionSettings  # noqa: E402
+from sdflow_diffusion.models.load import load_checkpoint  # noqa: E402
+from sdflow_diffusion.models.lookup import find_checkpoint, find_model  # noqa: E402
+from sdflow_diffusion.models.families import FAMILIES_DIR, detect_family, expected_shapes  # noqa: E402
+from sdflow_diffusion.models.ldm_layout import to_original  # noqa: E402
 from sdflow_diffusion.testing import (  # noqa: E402
     TINY_FAMILY, save_diffusers, save_single_file, tiny_checkpoint, tiny_components)
-from sdflow_diffusion.tokenizer import clip_tokenizer  # noqa: E402
+from sdflow_diffusion.models.tokenizer import clip_tokenizer  # noqa: E402
 
-CPU = RunOptions(device="cpu")
+CPU = DiffusionSettings(device="cpu")
 KINDS = ("sd1", "sd2", "sdxl")
 
 
@@ -93,7 +95,7 @@ def test_each_family_is_told_apart_by_shape(name):
 
 
 def test_detection_reads_meta_tensors_too():
-    from sdflow_diffusion.families import build_components, family_dir
+    from sdflow_diffusion.models.families import build_components, family_dir
 
     state = to_original(build_components(family_dir("sdxl-base"), "sdxl", meta=True))
     assert next(iter(state.values())).is_meta
@@ -133,7 +135,6 @@ def test_single_file_round_trip_is_exact(tiny, kind):
     model, clip, vae = load_checkpoint(path, CPU)
     assert_same_weights(originals(components), weights_of(model, clip, vae))
     assert model.family.name == TINY_FAMILY[kind] == clip.family.name == vae.family.name
-    assert model.identity == file_sha256(path)
     assert [t.pad_token for t in clip.tokenizers] == [t.pad_token for t in
                                                       (components["tokenizer"], components.get("tokenizer_2"))
                                                       if t is not None]
@@ -146,7 +147,6 @@ def test_diffusers_folder_round_trip_is_exact(tiny, kind):
     model, clip, vae = load_checkpoint(folder, CPU)
     assert_same_weights(originals(components), weights_of(model, clip, vae))
     assert model.family.name == TINY_FAMILY[kind]
-    assert model.identity == file_sha256(folder)
 
 
 def test_a_diffusers_folder_without_tokenizers_uses_the_shipped_one(tmp_path):
@@ -207,7 +207,7 @@ def test_prediction_comes_from_the_recipe_the_file_or_the_sd2_name(tiny, tmp_pat
 
 def test_bf16_loads_in_bf16_and_leaves_the_shipped_configs_alone(tiny):
     before = {p: p.read_bytes() for p in FAMILIES_DIR.rglob("*.json")}
-    model, clip, vae = load_checkpoint(tiny["sdxl"][1], RunOptions(device="cpu", dtype="bf16"))
+    model, clip, vae = load_checkpoint(tiny["sdxl"][1], DiffusionSettings(device="cpu", dtype="bf16"))
     assert {model.unet.dtype, vae.vae.dtype, *(e.dtype for e in clip.encoders)} == {torch.bfloat16}
     assert vae.dtype == torch.bfloat16
     assert {p: p.read_bytes() for p in FAMILIES_DIR.rglob("*.json")} == before
@@ -224,10 +224,10 @@ def test_a_folder_saved_in_bf16_loads_in_the_runs_dtype(tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_fp16_on_cuda_keeps_the_sdxl_vae_in_fp32(tiny):
-    model, clip, vae = load_checkpoint(tiny["sdxl"][1], RunOptions(device="cuda", dtype="fp16"))
+    model, clip, vae = load_checkpoint(tiny["sdxl"][1], DiffusionSettings(device="cuda", dtype="fp16"))
     assert (model.unet.dtype, clip.encoders[1].dtype, vae.vae.dtype) == (torch.float16, torch.float16, torch.float32)
     assert model.unet.device.type == "cuda" and vae.dtype == torch.float32
-    _, _, sd1_vae = load_checkpoint(tiny["sd1"][1], RunOptions(device="cuda", dtype="fp16"))
+    _, _, sd1_vae = load_checkpoint(tiny["sd1"][1], DiffusionSettings(device="cuda", dtype="fp16"))
     assert sd1_vae.vae.dtype == torch.float16
 
 
@@ -242,23 +242,43 @@ def touch(path: Path) -> Path:
 def test_lookup_order(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     first, second, env, recipe = (tmp_path / n for n in ("first", "second", "env", "recipe"))
-    monkeypatch.setenv("SDFLOW_MODELS", str(env))
-    options = RunOptions(models_dirs=(first, second), recipe_dir=recipe)
+    # --models-dir first second, then $SDFLOW_MODELS (as sdflow.settings.resolve orders them)
+    settings = DiffusionSettings(models_dirs=(first, second, env))
+
+    def find(name):
+        return find_checkpoint(name, settings, recipe)
+
     touch(recipe / "models" / "checkpoints" / "m.safetensors")
-    assert find_checkpoint("m.safetensors", options) == recipe / "models" / "checkpoints" / "m.safetensors"
+    assert find("m.safetensors") == recipe / "models" / "checkpoints" / "m.safetensors"
     touch(env / "checkpoints" / "m.safetensors")
-    assert find_checkpoint("m.safetensors", options) == env / "checkpoints" / "m.safetensors"
+    assert find("m.safetensors") == env / "checkpoints" / "m.safetensors"
     touch(second / "models" / "checkpoints" / "m.safetensors")
-    assert find_checkpoint("m.safetensors", options) == second / "models" / "checkpoints" / "m.safetensors"
+    assert find("m.safetensors") == second / "models" / "checkpoints" / "m.safetensors"
     touch(first / "checkpoints" / "m.safetensors")
-    assert find_checkpoint("m.safetensors", options) == first / "checkpoints" / "m.safetensors"
+    assert find("m.safetensors") == first / "checkpoints" / "m.safetensors"
     touch(recipe / "m.safetensors")  # a path relative to the recipe is taken as it is
-    assert find_checkpoint("m.safetensors", options) == recipe / "m.safetensors"
+    assert find("m.safetensors") == recipe / "m.safetensors"
     touch(tmp_path / "m.safetensors")  # and relative to the working folder first
-    assert find_checkpoint("m.safetensors", options) == tmp_path / "m.safetensors"
-    assert find_checkpoint(str(env / "checkpoints" / "m.safetensors"), options) == env / "checkpoints" / "m.safetensors"
+    assert find("m.safetensors") == tmp_path / "m.safetensors"
+    assert find(str(env / "checkpoints" / "m.safetensors")) == env / "checkpoints" / "m.safetensors"
     touch(first / "checkpoints" / "SDXL" / "x.safetensors")  # subfolders, as ComfyUI allows
-    assert find_checkpoint("SDXL/x.safetensors", options) == first / "checkpoints" / "SDXL" / "x.safetensors"
+    assert find("SDXL/x.safetensors") == first / "checkpoints" / "SDXL" / "x.safetensors"
+
+
+def test_a_comfyui_extra_model_paths_yaml_lists_folders_per_kind(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    yaml_file = tmp_path / "ComfyUI" / "extra_model_paths.yaml"
+    yaml_file.parent.mkdir()
+    yaml_file.write_text("a111:\n    base_path: ../webui/\n    checkpoints: models/Stable-diffusion\n"
+                         "    loras: |\n        models/Lora\n        models/LyCORIS\n")
+    settings = DiffusionSettings(models_dirs=(yaml_file,))
+    lora = touch(tmp_path / "webui" / "models" / "LyCORIS" / "style.safetensors")
+    ckpt = touch(tmp_path / "webui" / "models" / "Stable-diffusion" / "v15.safetensors")
+    assert find_checkpoint("v15.safetensors", settings).resolve() == ckpt.resolve()
+    assert find_model("loras", "style.safetensors", settings).resolve() == lora.resolve()
+    with pytest.raises(StageError) as err:
+        find_model("vae", "style.safetensors", settings)
+    assert err.value.message == "VAE 'style.safetensors' not found"
 
 
 def test_a_missing_name_suggests_near_misses_and_says_where_it_looked(tmp_path, monkeypatch):
@@ -267,12 +287,12 @@ def test_a_missing_name_suggests_near_misses_and_says_where_it_looked(tmp_path, 
     touch(tmp_path / "models" / "checkpoints" / "sd15.safetensors")
     touch(tmp_path / "models" / "checkpoints" / "notes.txt")
     with pytest.raises(StageError) as err:
-        find_checkpoint("sd15.safetensor", RunOptions(models_dirs=(tmp_path / "models",)))
+        find_checkpoint("sd15.safetensor", DiffusionSettings(models_dirs=(tmp_path / "models",)))
     assert err.value.message == "checkpoint 'sd15.safetensor' not found"
     assert err.value.help.startswith("did you mean 'sd15.safetensors'? (looked in: ")
     assert str(tmp_path / "models" / "checkpoints") in err.value.help
     with pytest.raises(StageError) as err:
-        find_checkpoint("x.safetensors", RunOptions())
+        find_checkpoint("x.safetensors", DiffusionSettings())
     assert err.value.help.startswith("no checkpoints were found there; pass --models-dir DIR or set SDFLOW_MODELS")
 
 
@@ -280,7 +300,7 @@ def test_a_missing_name_suggests_near_misses_and_says_where_it_looked(tmp_path, 
 
 def load_error(path: Path, **options) -> StageError:
     with pytest.raises(StageError) as err:
-        load_checkpoint(path, RunOptions(device="cpu", **options))
+        load_checkpoint(path, DiffusionSettings(device="cpu", **options))
     return err.value
 
 
@@ -324,7 +344,7 @@ def test_a_pickle_is_refused_unless_allowed_and_then_loads_tensors_only(tiny, tm
     err = load_error(ckpt)
     assert err.message.startswith("'model.ckpt' is a pickle checkpoint (.ckpt), and loading a pickle can run")
     assert "--allow-pickle" in err.help and "weights_only=True" in err.help
-    model, clip, vae = load_checkpoint(ckpt, RunOptions(device="cpu", allow_pickle=True))
+    model, clip, vae = load_checkpoint(ckpt, DiffusionSettings(device="cpu", allow_pickle=True))
     assert_same_weights(originals(components), weights_of(model, clip, vae))
 
 
@@ -341,10 +361,10 @@ def test_loading_prints_nothing_and_needs_no_network(tiny):
     code = ("import socket, sys\n"
             "def refuse(*a, **k): sys.stderr.write('network used\\n'); raise OSError('network used')\n"
             "socket.socket.connect = refuse; socket.getaddrinfo = refuse; socket.create_connection = refuse\n"
-            "from sdflow.execute import RunOptions\n"
-            "from sdflow_diffusion.checkpoint import load_checkpoint\n"
+            "from sdflow_diffusion.settings import DiffusionSettings\n"
+            "from sdflow_diffusion.models.load import load_checkpoint\n"
             f"for p in {[str(tiny['sdxl'][1]), str(tiny['sd2'][2])]!r}:\n"
-            "    load_checkpoint(p, RunOptions(device='cpu'))\n")
+            "    load_checkpoint(p, DiffusionSettings(device='cpu'))\n")
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert (run.returncode, run.stdout, run.stderr) == (0, "", "")

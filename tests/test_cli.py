@@ -32,7 +32,7 @@ def test_stages_sample_shows_ports_and_params_with_types_defaults_and_ranges():
     result = sdflow_cli("stages", "sample")
     assert (result.returncode, result.stderr) == (0, "")
     text = result.stdout
-    assert text.startswith("sample  (stage, plugin diffusion, version 0.1.0)\n")
+    assert text.startswith("sample  (stage diffusion.sample, plugin diffusion, version 0.1.0)\n")
     assert (
         "inputs:\n"
         "  model: MODEL  the U-Net\n"
@@ -59,7 +59,7 @@ def test_stages_sample_shows_ports_and_params_with_types_defaults_and_ranges():
 
 def test_stages_of_an_output_stage_and_a_required_param():
     save = sdflow_cli("stages", "save_image").stdout
-    assert save.startswith("save_image  (output stage, plugin diffusion, version 0.1.0)\n")
+    assert save.startswith("save_image  (output stage diffusion.save_image, plugin diffusion, version 0.1.0)\n")
     assert "outputs:\n  (none)\n" in save
     load = sdflow_cli("stages", "load_checkpoint").stdout
     assert "inputs:\n  (none)\n" in load
@@ -89,8 +89,11 @@ def test_plugins_shows_name_version_and_what_each_adds():
     assert result.stdout == (
         "diffusion 0.1.0  (sdflow_diffusion)\n"
         "  port types: MODEL, CLIP, VAE, CONDITIONING, LATENT, IMAGE, MASK\n"
-        "  stages: load_checkpoint, clip_text_encode, empty_latent, sample, vae_decode, save_image\n"
-    )
+        "  stages: clip_text_encode, empty_latent, load_checkpoint, sample, save_image, vae_decode\n"
+        "  settings:\n"
+        "    --device / $SDFLOW_DEVICE (default 'auto'): where models run: auto is CUDA when there is a GPU, else the CPU\n"
+    ) + result.stdout.split("else the CPU\n", 1)[1]
+    assert "    --models-dir / $SDFLOW_MODELS: where model names are looked up" in result.stdout
 
 
 # sdflow graph --------------------------------------------------------------------------
@@ -103,7 +106,7 @@ def test_graph_prints_dot():
     assert lines[:3] == ["digraph recipe {", "  rankdir=LR;", '  node [shape=box, fontname="Helvetica"];']
     assert lines[-1] == "}"
     assert '  "ckpt" [label="ckpt\\nload_checkpoint"];' in lines
-    assert '  "save_image@36" [label="save_image", peripheries=2];' in lines
+    assert '  "save_image#1" [label="save_image", peripheries=2];' in lines
     edges = [line for line in lines if " -> " in line and line.startswith('  "')]
     assert edges == [
         '  "ckpt" -> "positive" [label="clip -> clip\\nCLIP"];',
@@ -114,7 +117,7 @@ def test_graph_prints_dot():
         '  "latent" -> "denoised" [label="latent -> latent\\nLATENT"];',
         '  "ckpt" -> "image" [label="vae -> vae\\nVAE"];',
         '  "denoised" -> "image" [label="latent -> latent\\nLATENT"];',
-        '  "image" -> "save_image@36" [label="image -> image\\nIMAGE"];',
+        '  "image" -> "save_image#1" [label="image -> image\\nIMAGE"];',
     ]
 
 

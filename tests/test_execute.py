@@ -10,11 +10,15 @@ import pytest
 from pydantic import BaseModel, Field
 
 from sdflow import hookimpl
+from sdflow.cache import CacheStore
 from sdflow.execute import Events, Executor, Interrupted, RunError, RunOptions, StageError
 from sdflow.graph import check_source
 from sdflow.registry import build_registry, plugin_manager
+from sdflow.settings import setting
 
 CALLS: list[str] = []
+INTERRUPT: dict = {}  # {"at": step, "executor": the Executor to interrupt}
+WRITTEN: dict = {}  # what the write stage saw of its context
 
 
 class NoParams(BaseModel):
@@ -47,10 +51,16 @@ def slow(ctx, params, x):
     CALLS.append("slow")
     with ctx.progress(params.steps, "steps") as progress:
         for step in range(params.steps):
-            if ctx.options.extra.get("interrupt_at") == step:
-                ctx.executor.interrupt()
+            if INTERRUPT.get("at") == step:  # as if Ctrl-C came now
+                INTERRUPT["executor"].interrupt()
             progress.step()
     return {"out": x}
+
+
+def half(ctx, params, x):
+    CALLS.append(f"half {x}")
+    ctx.record(precision=ctx.settings.precision)
+    return {"out": round(x / 2, ctx.settings.precision)}
 
 
 def broken(ctx, params, x):
@@ -63,18 +73,30 @@ def refuse(ctx, params, x):
 
 def write(ctx, params, x):
     CALLS.append(f"write {x}")
-    path = ctx.options.output_dir / f"{params.name}.txt"
+    path = ctx.output_dir / f"{params.name}.txt"
     path.write_text(str(x))
     ctx.file_written(path)
+    WRITTEN.update(metadata=ctx.metadata(versions={"numbers": "1.0"}))
+
+
+class Precision(BaseModel):
+    precision: int = setting(2, "decimal places of a fraction", flag="--precision")
 
 
 class Arithmetic:
     @hookimpl
     def sdflow_port_types(self, registry):
-        registry.add_port_type("NUMBER", "an integer")
+        registry.add_port_type("NUMBER", "an integer", persistent=True)
+        registry.add_port_type("FRACTION", "a rounded number")
+
+    @hookimpl
+    def sdflow_settings(self, registry):
+        registry.add_settings(Precision)
 
     @hookimpl
     def sdflow_stage_types(self, registry):
+        registry.add_stage("half", params=NoParams, inputs={"x": "NUMBER"}, outputs={"out": "FRACTION"}, run=half)
+        registry.add_stage("show", params=Name, inputs={"x": "FRACTION"}, output=True, run=write)
         registry.add_stage("number", params=Value, outputs={"out": "NUMBER"}, run=number)
         registry.add_stage("add", params=NoParams, inputs={"a": "NUMBER", "b": "NUMBER"},
                            outputs={"out": "NUMBER"}, run=add)
@@ -157,7 +179,7 @@ def test_json_events_one_per_line(registry, tmp_path):
         ("run_started", None, None),
         ("stage_started", "x", None), ("stage_done", "x", None),
         ("stage_started", "y", None), ("step", "y", 1), ("step", "y", 2), ("stage_done", "y", None),
-        ("stage_started", "write@4", None), ("file_written", "write@4", None), ("stage_done", "write@4", None),
+        ("stage_started", "write#1", None), ("file_written", "write#1", None), ("stage_done", "write#1", None),
         ("run_done", None, None),
     ]
     assert events[-1]["files"] == [str(tmp_path / "y.txt")]
@@ -172,9 +194,13 @@ def test_no_progress_bar_when_piped(registry, tmp_path):
 
 def test_interrupt_stops_between_steps_before_any_file(registry, tmp_path):
     text = "sdflow 1\nx = number(value=4)\ny = slow(x=x, steps=5)\nwrite(x=y, name=\"y\")\n"
-    options = RunOptions(output_dir=tmp_path, extra={"interrupt_at": 1})
-    with pytest.raises(Interrupted):
-        Executor().run(graph_of(text, registry), options)
+    executor = Executor()
+    INTERRUPT.update(at=1, executor=executor)
+    try:
+        with pytest.raises(Interrupted):
+            executor.run(graph_of(text, registry), RunOptions(output_dir=tmp_path))
+    finally:
+        INTERRUPT.clear()
     assert list(tmp_path.iterdir()) == []
 
 
@@ -196,3 +222,82 @@ def test_a_stage_error_carries_its_own_message_and_help(registry, tmp_path):
     assert (diagnostic.code, diagnostic.message, diagnostic.help) == (
         "E601", "the model file is truncated", "download it again")
     assert diagnostic.span.line == 3
+
+
+# the cache's policy, keys and reasons ----------------------------------------------------
+
+HALF = """\
+sdflow 1
+
+param value = 5
+
+x = number(value=value)
+h = half(x=x)
+show(x=h, name="half")
+"""
+
+
+def test_intermediate_results_are_dropped_after_the_run_and_models_kept(registry, tmp_path):
+    executor = Executor()
+    executor.run(graph_of(HALF, registry), RunOptions(output_dir=tmp_path))
+    assert len(executor.cache) == 1  # x, a persistent NUMBER; h's FRACTION went with its run
+    CALLS.clear()
+    result = executor.run(graph_of(HALF, registry), RunOptions(output_dir=tmp_path))
+    assert result.cached == ["x"]
+    assert CALLS == ["half 5", "write 2.5"]
+
+
+def test_the_persistent_results_kept_are_bounded_least_recently_used_first(registry, tmp_path):
+    executor = Executor(cache=CacheStore(max_persistent=1))
+    executor.run(graph_of(HALF, registry, value="1"), RunOptions(output_dir=tmp_path))
+    executor.run(graph_of(HALF, registry, value="2"), RunOptions(output_dir=tmp_path))
+    assert len(executor.cache) == 1
+    CALLS.clear()
+    executor.run(graph_of(HALF, registry, value="1"), RunOptions(output_dir=tmp_path))
+    assert CALLS[0] == "number 1"  # pushed out by value=2
+
+
+def test_explain_says_why_each_stage_ran_or_was_reused(registry, tmp_path):
+    said = io.StringIO()
+    executor = Executor(explain=said)
+    executor.run(graph_of(HALF, registry), RunOptions(output_dir=tmp_path))
+    executor.run(graph_of(HALF, registry, value="7"), RunOptions(output_dir=tmp_path))
+    executor.run(graph_of(HALF, registry, value="7"), RunOptions(output_dir=tmp_path))
+    reasons = [line.split(": ", 1)[1] for line in said.getvalue().splitlines()]
+    assert reasons == [
+        "ran: first run of this stage in this process",
+        "ran: first run of this stage in this process",
+        "ran: output stages always run",
+        "ran: params.value: 5 -> 7",
+        "ran: input x changed",
+        "ran: output stages always run",
+        "reused: nothing it depends on changed",
+        "ran: its earlier result was not kept (only models stay between runs)",
+        "ran: output stages always run",
+    ]
+    key = executor.keys["x"]
+    assert (key.stage, key.params, key.files) == ("arithmetic.number", {"value": 7}, {})
+
+
+def test_settings_reach_the_stage_and_are_part_of_its_key(registry, tmp_path):
+    executor = Executor()
+    graph = graph_of(HALF, registry, value="1")
+    executor.run(graph, RunOptions(output_dir=tmp_path))
+    assert (tmp_path / "half.txt").read_text() == "0.5"
+    (tmp_path / "half.txt").unlink()
+    executor.run(graph, RunOptions(output_dir=tmp_path, settings={"arithmetic": Precision(precision=0)}))
+    assert (tmp_path / "half.txt").read_text() == "0.0"  # round(0.5, 0): to even
+    assert executor.keys["h"].settings == {"precision": 0}
+
+
+def test_an_output_records_the_recipe_the_stages_and_what_they_resolved(registry, tmp_path):
+    Executor(plugin_versions={"arithmetic": "3.1"}).run(graph_of(HALF, registry, value="3"),
+                                                       RunOptions(output_dir=tmp_path))
+    metadata = WRITTEN["metadata"]
+    assert metadata["sdflow.recipe"] == HALF
+    assert json.loads(metadata["sdflow.params"]) == {"value": 3}
+    assert json.loads(metadata["sdflow.run"]) == {"precision": 2}
+    assert json.loads(metadata["sdflow.stages"]) == {
+        "x": "arithmetic.number 0", "h": "arithmetic.half 0", "show#1": "arithmetic.show 0"}
+    versions = json.loads(metadata["sdflow.versions"])
+    assert (versions["plugin arithmetic"], versions["numbers"]) == ("3.1", "1.0")

@@ -16,11 +16,11 @@ import diffusers
 import numpy as np
 import pytest
 import torch
-from sdflow_diffusion.decode import decode, to_pil
-from sdflow_diffusion.encode import encode_text, token_windows
+from sdflow_diffusion.numerics.decode import decode, to_pil
+from sdflow_diffusion.numerics.encode import encode_text, token_windows
 from sdflow_diffusion.handles import Latent
-from sdflow_diffusion.sampler_table import SAMPLERS, supported
-from sdflow_diffusion.sampling import (
+from sdflow_diffusion.numerics.sampler_table import SAMPLERS, supported
+from sdflow_diffusion.numerics.sampling import (
     _initial_noise,
     _timesteps,
     empty_latent,
@@ -29,7 +29,8 @@ from sdflow_diffusion.sampling import (
 )
 from sdflow_diffusion.testing import tiny_components, tiny_handles
 
-from sdflow.execute import Interrupted, StageError
+from sdflow.plugin import Interrupted, StageError
+from sdflow_diffusion.stages.sample import Sample
 
 # diffusers 0.42 warns on numpy 2 (thousands per KDPM2 run) and on tiny sample sizes.
 pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"),
@@ -51,8 +52,8 @@ def ours(kind, prompt=PROMPT, negative=NEGATIVE, *, seed=SEED, steps=STEPS, cfg=
     """The default workflow through sdflow's functions: IMAGE [B, H, W, 3]."""
     _, (model, clip, vae) = tiny(kind)
     latent = latent if latent is not None else empty_latent(SIZE, SIZE, batch)
-    denoised = sample(model, encode_text(clip, prompt), encode_text(clip, negative), latent, seed=seed,
-                      steps=steps, cfg=cfg, sampler=sampler, scheduler=scheduler, denoise=denoise,
+    params = Sample(seed=seed, steps=steps, cfg=cfg, sampler=sampler, scheduler=scheduler, denoise=denoise)
+    denoised = sample(model, encode_text(clip, prompt), encode_text(clip, negative), latent, params,
                       progress=progress)
     return decode(vae, denoised)
 
@@ -210,8 +211,8 @@ def test_denoise_runs_the_last_steps_of_a_longer_schedule(steps, denoise, total)
 def test_denoise_zero_returns_the_latent():
     _, (model, clip, _) = tiny("sd1")
     start = Latent(torch.randn(1, 4, 4, 4))
-    out = sample(model, encode_text(clip, PROMPT), encode_text(clip, ""), start, seed=0, steps=4, cfg=7.5,
-                 sampler="euler", scheduler="normal", denoise=0.0)
+    out = sample(model, encode_text(clip, PROMPT), encode_text(clip, ""), start,
+                 Sample(seed=0, steps=4, cfg=7.5, denoise=0.0))
     assert torch.equal(out.samples, start.samples)
 
 
@@ -264,5 +265,4 @@ def test_prompts_from_another_family_are_a_stage_error():
     _, (_, sdxl_clip, _) = tiny("sdxl")
     prompt = encode_text(sdxl_clip, PROMPT)
     with pytest.raises(StageError, match="encoded for another model"):
-        sample(model, prompt, prompt, empty_latent(SIZE, SIZE, 1), seed=0, steps=2, cfg=7.5,
-               sampler="euler", scheduler="normal")
+        sample(model, prompt, prompt, empty_latent(SIZE, SIZE, 1), Sample(seed=0, steps=2, cfg=7.5))

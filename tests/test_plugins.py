@@ -28,7 +28,8 @@ from sdflow.registry import build_registry, plugin_manager
 from cli import sdflow_cli
 
 ROOT = Path(__file__).resolve().parent.parent
-BUILT_IN_STAGES = {"load_checkpoint", "clip_text_encode", "empty_latent", "sample", "vae_decode", "save_image"}
+BUILT_IN_STAGES = {f"diffusion.{name}" for name in (
+    "load_checkpoint", "clip_text_encode", "empty_latent", "sample", "vae_decode", "save_image")}
 
 
 # a third-party plugin, as its author would write it -----------------------------
@@ -121,21 +122,22 @@ def test_a_third_party_stage_checks_clean(plugins):
     assert registry.problems == []
     assert graph.nodes["large"].spec.plugin == "upscalers"
     assert graph.nodes["large"].params == UpscaleImage(scale=4.0)
-    assert graph.order[-3:] == ("upscaler", "large", "save_image@11")
+    assert graph.order[-3:] == ("upscaler", "large", "save_image#1")
     info = registry.plugins["upscalers"]
     assert (info.version, info.module) == ("2.5.0", "Upscalers")
     assert info.port_types == ["UPSCALE_MODEL"]
     assert info.stages == ["load_upscale_model", "upscale_image"]
-    assert registry.stages["upscale_image"].version == "2.5.0"
+    assert registry.stage("upscale_image").version == "2.5.0"
+    assert registry.stage("upscalers.upscale_image") is registry.stage("upscale_image")
     assert registry.port_types["UPSCALE_MODEL"].plugin == "upscalers"
 
 
 def test_a_plugin_is_gone_once_unregistered(plugins):
     pm, problems, versions = plugins
     with registered(plugins, ("upscalers", Upscalers())) as registry:
-        assert "upscale_image" in registry.stages
+        assert registry.stage("upscale_image") is not None
     registry = build_registry(pm, problems, versions)
-    assert "upscale_image" not in registry.stages
+    assert registry.stage("upscale_image") is None
     assert "upscalers" not in registry.plugins
     _recipe, graph, diagnostics = check_source(UPSCALE_RECIPE, "upscale.sdflow", registry)
     assert graph is None
@@ -205,31 +207,36 @@ class Resampler:
                            outputs={"latent": "LATENT"})
 
 
-def test_a_duplicate_stage_id_is_a_problem_of_the_plugin_that_came_second(plugins):
+def test_two_plugins_may_define_one_short_name_and_a_recipe_names_which(plugins):
     with registered(plugins, ("resampler", Resampler())) as registry:
         problems = [str(p) for p in registry.problems]
-    assert problems == [
-        "plugin 'resampler': port type 'LATENT' is already defined by plugin 'diffusion'",
-        "plugin 'resampler': stage type 'sample' is already defined by plugin 'diffusion'",
-    ]
-    assert registry.stages["sample"].plugin == "diffusion"
-    assert registry.stages["resample"].plugin == "resampler"
-    assert registry.plugins["resampler"].stages == ["resample"]
-    assert registry.plugins["diffusion"].stages == [
-        "load_checkpoint", "clip_text_encode", "empty_latent", "sample", "vae_decode", "save_image",
-    ]
-    assert "problems:" in plugin_table(registry)
+        _recipe, graph, diagnostics = check_source(UPSCALE_RECIPE, "upscale.sdflow", registry)
+        qualified = UPSCALE_RECIPE.replace("denoised = sample(", "denoised = diffusion.sample(")
+        _recipe, qualified_graph, qualified_diagnostics = check_source(qualified, "upscale.sdflow", registry)
+    assert problems == ["plugin 'resampler': port type 'LATENT' is already defined by plugin 'diffusion'"]
+    assert registry.stage("sample") is None
+    assert registry.stage("diffusion.sample").plugin == "diffusion"
+    assert registry.stage("resampler.sample").plugin == "resampler"
+    assert registry.stage("resample").plugin == "resampler"
+    assert graph is None
+    errors = [(d.code, d.message, d.help) for d in diagnostics if d.code == "E221"]
+    assert errors == [("E221", "stage type 'sample' is defined by plugins 'diffusion' and 'resampler'",
+                       "write its full name: 'diffusion.sample' or 'resampler.sample'")]
+    assert [d.code for d in qualified_diagnostics if d.is_error] == ["E220", "E220"]  # the upscalers are absent
+    assert qualified_graph is None
 
 
-def test_between_two_third_party_plugins_the_first_registered_keeps_the_stage(plugins):
-    with registered(plugins, ("upscalers", Upscalers()), ("copycat", Upscalers())) as registry:
-        problems = [str(p) for p in registry.problems]
-    assert problems == [
-        "plugin 'copycat': port type 'UPSCALE_MODEL' is already defined by plugin 'upscalers'",
-        "plugin 'copycat': stage type 'load_upscale_model' is already defined by plugin 'upscalers'",
-        "plugin 'copycat': stage type 'upscale_image' is already defined by plugin 'upscalers'",
-    ]
-    assert registry.stages["upscale_image"].plugin == "upscalers"
+def test_a_full_stage_name_checks_and_formats_as_written(plugins):
+    from sdflow.format import format_recipe
+    from sdflow.parse import parse
+
+    source = UPSCALE_RECIPE.replace("latent = empty_latent(", "latent = diffusion.empty_latent(")
+    with registered(plugins, ("upscalers", Upscalers())) as registry:
+        _recipe, graph, diagnostics = check_source(source, "upscale.sdflow", registry)
+    assert diagnostics == []
+    assert graph.nodes["latent"].spec.qualified == "diffusion.empty_latent"
+    recipe, _ = parse(source, "upscale.sdflow")
+    assert format_recipe(recipe) == source
 
 
 class NotAModel:
@@ -398,8 +405,8 @@ def test_an_installed_plugin_is_found_through_its_entry_point(site_packages):
     fake_distribution(site_packages, "sdflow_blur", {"blur": "sdflow_blur"}, "1.4.2")
     registry = build_registry(*plugin_manager())
     assert registry.problems == []
-    assert registry.stages["blur"].plugin == "blur"
-    assert registry.stages["blur"].version == "1.4.2"
+    assert registry.stage("blur").plugin == "blur"
+    assert registry.stage("blur").version == "1.4.2"
     assert "blur 1.4.2  (sdflow_blur)\n  stages: blur" in plugin_table(registry)
 
 
@@ -418,6 +425,163 @@ def test_the_cli_still_checks_a_recipe_when_a_plugin_is_broken(broken_plugin_fol
     )
 
 
+# run references, verified when the registry is built -------------------------------------
+
+
+def test_a_run_reference_is_verified_without_importing_its_module(site_packages):
+    (site_packages / "heavy_stages.py").write_text("import no_such_heavy_library\n\ndef blur(ctx, params, image):\n    pass\n")
+
+    class Named:
+        @hookimpl
+        def sdflow_stage_types(self, registry):
+            registry.add_stage("blur", params=UpscaleImage, inputs={"image": "IMAGE"}, outputs={"image": "IMAGE"},
+                               run="heavy_stages:blur")
+            registry.add_stage("sharpen", params=UpscaleImage, inputs={"image": "IMAGE"},
+                               outputs={"image": "IMAGE"}, run="heavy_stages:sharpn")
+            registry.add_stage("grain", params=UpscaleImage, inputs={"image": "IMAGE"},
+                               outputs={"image": "IMAGE"}, run="no_such_stages:grain")
+
+    with registered(plugin_manager(), ("named", Named())) as registry:
+        source = UPSCALE_RECIPE.replace("large = upscale_image(upscale_model=upscaler, image=image, scale=4.0)",
+                                        "large = sharpen(image=image)").replace(
+                                        'upscaler = load_upscale_model(name="4x-UltraSharp.pth")\n', "")
+        _recipe, graph, diagnostics = check_source(source, "sharpen.sdflow", registry)
+    assert "heavy_stages" not in sys.modules
+    assert [str(p) for p in registry.problems] == [
+        "plugin 'named': stage type 'sharpen': its run function 'heavy_stages:sharpn': 'heavy_stages' has no 'sharpn'",
+        "plugin 'named': stage type 'grain': its run function 'no_such_stages:grain': no module named 'no_such_stages'",
+    ]
+    assert registry.plugins["named"].stages == ["blur"]
+    assert [(d.code, d.message, d.help) for d in diagnostics] == [
+        ("E220", "stage type 'sharpen' could not register",
+         f"{registry.problems[0]}; run 'sdflow plugins'"),
+    ]
+
+
+# settings, as flags and variables ----------------------------------------------------------
+
+
+class Colours(BaseModel):
+    palette: str = Field("warm", description="which colours to use")
+    swatches: int = Field(8, ge=1, description="how many")
+
+
+class ColourPlugin:
+    @hookimpl
+    def sdflow_settings(self, registry):
+        registry.add_settings(Colours)
+
+
+def test_a_plugins_settings_become_flags_and_variables(plugins, monkeypatch):
+    import argparse
+
+    from sdflow.settings import SettingsError, add_arguments, resolve
+
+    with registered(plugins, ("colours", ColourPlugin())) as registry:
+        parser = argparse.ArgumentParser()
+        add_arguments(parser, registry)
+        given = parser.parse_args(["--palette", "cold", "--models-dir", "a", "--models-dir", "b"])
+        env = {"SDFLOW_SWATCHES": "3", "SDFLOW_PALETTE": "ignored", "SDFLOW_MODELS": os.pathsep.join(["c", "d"])}
+        settings = resolve(registry, given, env)
+        with pytest.raises(SettingsError, match=r"^\$SDFLOW_SWATCHES: Input should be greater than or equal to 1"):
+            resolve(registry, parser.parse_args([]), {"SDFLOW_SWATCHES": "0"})
+        help_text = parser.format_help()
+    assert settings["colours"] == Colours(palette="cold", swatches=3)  # the flag wins over the variable
+    assert [str(p) for p in settings["diffusion"].models_dirs] == ["a", "b", "c", "d"]  # flags, then $SDFLOW_MODELS
+    assert "settings of plugin 'colours'" in help_text and "which colours to use ($SDFLOW_PALETTE)" in help_text
+
+
+def test_a_setting_whose_flag_is_taken_is_a_problem(plugins):
+    class Device(BaseModel):
+        device: str = Field("tpu", description="another device")
+
+    class Clash:
+        @hookimpl
+        def sdflow_settings(self, registry):
+            registry.add_settings(Device)
+
+    with registered(plugins, ("clash", Clash())) as registry:
+        pass
+    assert [str(p) for p in registry.problems] == [
+        "plugin 'clash': setting 'device': --device is already a setting of plugin 'diffusion'"]
+    assert "clash" not in registry.settings
+
+
+def test_sdflow_run_takes_the_diffusion_settings_and_refuses_a_bad_one(tmp_path):
+    result = sdflow_cli("run", "--help")
+    assert "--models-dir DIR" in result.stdout and "$SDFLOW_MODELS" in result.stdout
+    result = sdflow_cli("run", "examples/txt2img.sdflow", "--output", str(tmp_path), env={"SDFLOW_DTYPE": "fp8"})
+    assert result.returncode == 2
+    assert result.stderr.startswith("sdflow: error: $SDFLOW_DTYPE: Input should be 'auto', 'fp16', 'bf16' or 'fp32'")
+
+
+# control over plugins ------------------------------------------------------------------------
+
+
+def test_a_disabled_plugin_is_not_loaded_and_says_so(tmp_path):
+    env = {"SDFLOW_DISABLE_PLUGINS": "diffusion"}
+    listed = sdflow_cli("plugins", env=env)
+    checked = sdflow_cli("check", "examples/txt2img.sdflow", env=env)
+    assert "diffusion 0.1.0  (sdflow_diffusion)  disabled (SDFLOW_DISABLE_PLUGINS)" in listed.stdout
+    assert checked.returncode == 1
+    assert "E220 unknown stage type 'load_checkpoint'" in checked.stderr
+
+
+def test_strict_plugins_makes_a_broken_plugin_an_error(broken_plugin_folder):
+    result = sdflow_cli("--strict-plugins", "check", "examples/txt2img.sdflow", pythonpath=broken_plugin_folder)
+    assert result.returncode == 1
+    assert result.stderr == f"sdflow: error: plugin 'broken': {BROKEN}\n"
+
+
+def test_tracing_logs_every_hook_call():
+    result = sdflow_cli("check", "examples/txt2img.sdflow", env={"SDFLOW_TRACE_PLUGINS": "1"})
+    assert result.returncode == 0
+    for hook in ("sdflow_port_types", "sdflow_settings", "sdflow_stage_types"):
+        assert f"sdflow: trace: {hook}(registry) -> plugin 'diffusion'" in result.stderr
+
+
+# a recipe's required plugins ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    ('require diffusion ">=0.1,<1"', []),
+    ("require diffusion", []),
+    ('require diffusion ">=2"', [("E252", "the recipe requires plugin 'diffusion' >=2, but version 0.1.0 is installed")]),
+    ('require diffusion "two"', [("E251", "'two' is not a version range")]),
+    ('require difusion ">=0.1"', [("E250", "the recipe requires plugin 'difusion', which is not installed")]),
+])
+def test_a_recipe_states_the_plugins_it_needs(plugins, line, expected):
+    source = Path(ROOT / "examples" / "txt2img.sdflow").read_text().replace("sdflow 1\n", f"sdflow 1\n{line}\n", 1)
+    with registered(plugins) as registry:
+        _recipe, graph, diagnostics = check_source(source, "txt2img.sdflow", registry)
+    assert [(d.code, d.message) for d in diagnostics] == expected
+    assert (graph is None) == bool(expected)
+    if expected and expected[0][0] == "E250":
+        assert diagnostics[0].help == "did you mean 'diffusion'?"
+
+
+# the public surface ----------------------------------------------------------------------------
+
+PUBLIC = {"sdflow", "sdflow.plugin"}
+
+
+def test_plugins_import_nothing_of_the_engine_but_its_public_surface():
+    import ast as pyast
+
+    seen = []
+    for path in sorted((ROOT / "plugins").rglob("*.py")):
+        if "tests" in path.relative_to(ROOT / "plugins").parts:
+            continue
+        for node in pyast.walk(pyast.parse(path.read_text(encoding="utf-8"))):
+            names = ([a.name for a in node.names] if isinstance(node, pyast.Import)
+                     else [node.module or ""] if isinstance(node, pyast.ImportFrom) and node.level == 0 else [])
+            for name in names:
+                if name.split(".")[0] == "sdflow":
+                    seen.append(path)
+                    assert name in PUBLIC, f"{path.relative_to(ROOT)} imports {name}"
+    assert len(seen) > 10
+
+
 # the hooks themselves -----------------------------------------------------------------
 
 
@@ -428,7 +592,7 @@ def hook_names() -> list[str]:
 
 def test_every_hook_is_named_documented_implemented_and_tested():
     names = hook_names()
-    assert names == ["sdflow_port_types", "sdflow_stage_types"]
+    assert names == ["sdflow_port_types", "sdflow_settings", "sdflow_stage_types"]
     tested = set(re.findall(r"def (sdflow_\w+)\(", Path(__file__).read_text(encoding="utf-8")))
     for name in names:
         assert name.startswith("sdflow_")

@@ -83,7 +83,8 @@ def test_run_writes_a_png_that_carries_its_recipe(recipe, models, tmp_path, caps
     digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
     assert json.loads(text["models"]) == {"tiny-sd1.safetensors": digest}
     versions = json.loads(text["versions"])
-    assert set(versions) == {"sdflow", "torch", "diffusers", "python"}
+    assert set(versions) == {"sdflow", "torch", "diffusers", "python", "plugin diffusion"}
+    assert json.loads(text["run"]) == {"device": "cpu", "dtype": "fp32", "vae_dtype": "fp32"}  # what ran, not "auto"
     assert sdflow_cli("show", "--recipe", str(png)).stdout == RECIPE
 
 

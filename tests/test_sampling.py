@@ -3,14 +3,16 @@ scheduler that a (family, sampler, schedule) makes."""
 
 from __future__ import annotations
 
+import typing
+
 import importlib.util
 import inspect
 import subprocess
 import sys
 
 import pytest
-from sdflow_diffusion import params
-from sdflow_diffusion.sampler_table import (
+from sdflow_diffusion.stages.sample import Sample
+from sdflow_diffusion.numerics.sampler_table import (
     SAMPLERS,
     SCHEDULES,
     SIGMA_SCHEDULE_CLASSES,
@@ -25,12 +27,13 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 def test_the_table_names_exactly_the_stage_choices():
-    assert tuple(SAMPLERS) == params.SAMPLERS
-    assert tuple(SCHEDULES) == params.SCHEDULERS
+    fields = Sample.model_fields
+    assert tuple(SAMPLERS) == typing.get_args(fields["sampler"].annotation)
+    assert tuple(SCHEDULES) == typing.get_args(fields["scheduler"].annotation)
 
 
 def test_checking_a_pair_imports_no_torch():
-    code = ("import sys; from sdflow_diffusion.sampler_table import supported; "
+    code = ("import sys; from sdflow_diffusion.numerics.sampler_table import supported; "
             "supported('euler', 'karras'); assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -61,7 +64,7 @@ def test_beta_needs_scipy():
 
 def _schedule(class_name: str, **options):
     import diffusers
-    from sdflow_diffusion.families import family_handle
+    from sdflow_diffusion.models.families import family_handle
 
     config = dict(family_handle("sd15").scheduler_config)
     cls = getattr(diffusers, class_name)
@@ -93,8 +96,8 @@ def test_the_schedule_classes_match_what_diffusers_does(class_name):
 
 
 def test_the_family_config_is_the_base_and_the_names_go_on_top():
-    from sdflow_diffusion.families import family_handle
-    from sdflow_diffusion.sampling import make_scheduler
+    from sdflow_diffusion.models.families import family_handle
+    from sdflow_diffusion.numerics.sampling import make_scheduler
 
     family = family_handle("sd21-v")
     scheduler = make_scheduler(family, "dpmpp_2m", "karras")
@@ -108,10 +111,10 @@ def test_the_family_config_is_the_base_and_the_names_go_on_top():
 
 
 def test_an_impossible_pair_is_a_stage_error():
-    from sdflow_diffusion.families import family_handle
-    from sdflow_diffusion.sampling import make_scheduler
+    from sdflow_diffusion.models.families import family_handle
+    from sdflow_diffusion.numerics.sampling import make_scheduler
 
-    from sdflow.execute import StageError
+    from sdflow.plugin import StageError
 
     with pytest.raises(StageError, match="no karras"):
         make_scheduler(family_handle("sd15"), "euler_ancestral", "karras")

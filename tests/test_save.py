@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 
 from cli import sdflow_cli
-from sdflow.execute import StageError
+from sdflow.plugin import StageError
 from sdflow.pngtext import read_png_text
-from sdflow_diffusion.save import save_pngs
+from sdflow_diffusion.images.png import save_pngs
 
 RECIPE = 'sdflow 1\nparam prompt = "a café at night"\n'
 
@@ -20,14 +20,14 @@ def red(size=8):
 
 def test_names_count_on_from_the_highest_file_there(tmp_path):
     (tmp_path / "cat_00007_.png").write_bytes(b"not mine to touch")
-    paths = save_pngs([red(), red()], tmp_path, "cat", {"recipe": RECIPE})
+    paths = save_pngs([red(), red()], tmp_path, "cat", {"sdflow.recipe": RECIPE})
     assert [p.name for p in paths] == ["cat_00008_.png", "cat_00009_.png"]
     assert (tmp_path / "cat_00007_.png").read_bytes() == b"not mine to touch"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cat_00007_.png", "cat_00008_.png", "cat_00009_.png"]
 
 
 def test_a_name_taken_meanwhile_is_skipped_not_replaced(tmp_path, monkeypatch):
-    import sdflow_diffusion.save as save
+    import sdflow_diffusion.images.png as save
 
     monkeypatch.setattr(save, "next_counter", lambda folder, stem: 1)
     (tmp_path / "dog_00001_.png").write_bytes(b"someone else's")
@@ -47,7 +47,7 @@ def test_prefix_may_name_a_subfolder_but_not_leave_the_output_folder(tmp_path):
 
 def test_the_png_carries_the_recipe_and_settings(tmp_path):
     long_recipe = RECIPE + "# " + "x" * 3000 + "\n"  # compressed chunk
-    (path,) = save_pngs([red()], tmp_path, "t", {"recipe": long_recipe, "params": {"seed": 7}})
+    (path,) = save_pngs([red()], tmp_path, "t", {"sdflow.recipe": long_recipe, "sdflow.params": '{"seed": 7}'})
     assert read_png_text(path) == {"recipe": long_recipe, "params": '{"seed": 7}'}
     with Image.open(path) as image:
         assert image.getpixel((0, 0)) == (255, 0, 0)
@@ -55,7 +55,7 @@ def test_the_png_carries_the_recipe_and_settings(tmp_path):
 
 
 def test_sdflow_show_prints_the_recipe_back(tmp_path):
-    (path,) = save_pngs([red()], tmp_path, "t", {"recipe": RECIPE, "models": {"sd15.safetensors": "ab12"}})
+    (path,) = save_pngs([red()], tmp_path, "t", {"sdflow.recipe": RECIPE, "sdflow.models": '{"sd15.safetensors": "ab12"}'})
     shown = sdflow_cli("show", str(path))
     assert shown.returncode == 0
     assert shown.stdout == (

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from sdflow.cli import main
-from sdflow_diffusion.checkpoint import shipped_models
+from sdflow_diffusion.models.lookup import shipped_models
 from training.tiny.dataset import HELD_OUT, Attributes
 from training.tiny.score import judge
 

@@ -7,12 +7,13 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from sdflow_diffusion.checkpoint import load_checkpoint, shipped_models
-from sdflow_diffusion.families import detect_family, expected_shapes, family_dir
-from sdflow_diffusion.single_file import _read_header
+from sdflow_diffusion.models.load import load_checkpoint
+from sdflow_diffusion.models.lookup import shipped_models
+from sdflow_diffusion.models.families import detect_family, expected_shapes, family_dir
+from sdflow_diffusion.models.single_file import _read_header
 from training.tiny import model as tiny_model
 
-from sdflow.execute import RunOptions
+from sdflow_diffusion.settings import DiffusionSettings
 
 pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"),
               pytest.mark.filterwarnings("ignore::FutureWarning")]
@@ -38,7 +39,7 @@ def test_the_shipped_file_loads_as_a_users_sd1_file_does():
     path = shipped_models()["sdflow-tiny.safetensors"]
     shapes, _ = _read_header(path)
     assert detect_family(shapes) == "sdflow-tiny"
-    model, clip, vae = load_checkpoint(path, RunOptions(device="cpu"))
+    model, clip, vae = load_checkpoint(path, DiffusionSettings(device="cpu"))
     family = model.family
     assert (family.name, family.kind, family.prediction_type) == ("sdflow-tiny", "sd1", "v_prediction")
     assert family.scheduler_config["rescale_betas_zero_snr"] is True

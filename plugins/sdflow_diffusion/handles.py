@@ -39,7 +39,6 @@ class ModelHandle:
 
     unet: Any  # diffusers.UNet2DConditionModel
     family: Family
-    identity: str  # sha256 of the checkpoint file (or of a folder's weights)
     device: Any  # torch.device
     dtype: Any  # torch.dtype
 
@@ -55,7 +54,6 @@ class ClipHandle:
     tokenizers: tuple[Any, ...]  # transformers.CLIPTokenizer
     encoders: tuple[Any, ...]  # CLIPTextModel / CLIPTextModelWithProjection
     family: Family
-    identity: str
     device: Any
     dtype: Any
 
@@ -66,7 +64,6 @@ class VaeHandle:
 
     vae: Any  # diffusers.AutoencoderKL
     family: Family
-    identity: str
     device: Any
     dtype: Any
 

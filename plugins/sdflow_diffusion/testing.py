@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from sdflow_diffusion.families import family_dir
+from sdflow_diffusion.models.families import family_dir
 
 Kind = Literal["sd1", "sd2", "sdxl"]
 TINY_FAMILY = {"sd1": "sd1-tiny", "sd2": "sd2-tiny", "sdxl": "sdxl-tiny"}
@@ -34,7 +34,7 @@ def tiny_components(kind: Kind, seed: int = 0) -> dict[str, Any]:
     """
     import torch
 
-    from sdflow_diffusion.families import build_components
+    from sdflow_diffusion.models.families import build_components
 
     if kind not in TINY_FAMILY:
         raise ValueError(f"kind must be one of {sorted(TINY_FAMILY)}, not {kind!r}")
@@ -67,7 +67,7 @@ def save_single_file(components: dict[str, Any], path: Path, metadata: dict[str,
     ``conditioner.embedders.*``)."""
     from safetensors.torch import save_file
 
-    from sdflow_diffusion.ldm_layout import to_original
+    from sdflow_diffusion.models.ldm_layout import to_original
 
     state = to_original(components)
     path = Path(path)
@@ -79,7 +79,7 @@ def save_single_file(components: dict[str, Any], path: Path, metadata: dict[str,
 def save_diffusers(components: dict[str, Any], folder: Path) -> Path:
     """Write ``components`` as a diffusers folder (``model_index.json`` and
     one subfolder per component, weights as safetensors)."""
-    from sdflow_diffusion.checkpoint import quiet
+    from sdflow_diffusion.models.common import quiet
 
     folder = Path(folder)
     with quiet():  # importing the pipelines makes transformers talk about image processors
@@ -112,7 +112,7 @@ def tiny_handles(kind: Kind, seed: int = 0, components: dict[str, Any] | None = 
     without writing a file."""
     import torch
 
-    from sdflow_diffusion.families import family_handle
+    from sdflow_diffusion.models.families import family_handle
     from sdflow_diffusion.handles import ClipHandle, ModelHandle, VaeHandle
 
     components = components if components is not None else tiny_components(kind, seed)
@@ -120,9 +120,9 @@ def tiny_handles(kind: Kind, seed: int = 0, components: dict[str, Any] | None = 
     cpu, f32 = torch.device("cpu"), torch.float32
     encoders = [n for n in ("text_encoder", "text_encoder_2") if n in components]
     tokenizers = tuple(components[n.replace("text_encoder", "tokenizer")] for n in encoders)
-    clip = ClipHandle(tokenizers, tuple(components[n] for n in encoders), family, "tiny", cpu, f32)
-    model = ModelHandle(components["unet"], family, "tiny", cpu, f32)
-    return model, clip, VaeHandle(components["vae"], family, "tiny", cpu, f32)
+    clip = ClipHandle(tokenizers, tuple(components[n] for n in encoders), family, cpu, f32)
+    model = ModelHandle(components["unet"], family, cpu, f32)
+    return model, clip, VaeHandle(components["vae"], family, cpu, f32)
 
 
 def main(argv: list[str] | None = None) -> None:

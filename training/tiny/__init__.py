@@ -11,5 +11,5 @@ scorer reads those attributes back from any 64x64 image (:mod:`.score`), so
 that the model's accuracy, held-out combinations included, is a number
 (``benchmarks/tiny_eval.py``, drawing through :mod:`.evaluate`) rather than
 an impression.  The weights and the model card ship in
-``plugins/sdflow_diffusion/tiny/``.
+``plugins/sdflow_diffusion/models/tiny/``.
 """

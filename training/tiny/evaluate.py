@@ -19,16 +19,15 @@ SHORT = {"small": "sm", "large": "lg", "circle": "circ", "square": "sq", "triang
 
 
 def render_prompts(checkpoint_path: Path, prompts: list[str], seeds: list[int], steps: int = 20,
-                   cfg: float = 3.0, negative: str = "", options=None) -> list:
+                   cfg: float = 3.0, negative: str = "", settings=None) -> list:
     """One 64x64 ``PIL.Image`` per (prompt, seed), the checkpoint loaded once.
 
-    ``options``: a :class:`sdflow.execute.RunOptions` (device, dtype); the
+    ``settings``: the diffusion plugin's settings (device, dtype); the
     default runs on the GPU when there is one.
     """
-    from sdflow.execute import RunOptions
-    from sdflow_diffusion.checkpoint import load_checkpoint
+    from sdflow_diffusion.models.load import load_checkpoint
 
-    handles = load_checkpoint(Path(checkpoint_path), options or RunOptions())
+    handles = load_checkpoint(Path(checkpoint_path), settings)
     return draw_prompts(handles, prompts, seeds, steps, cfg, negative)
 
 
@@ -37,9 +36,10 @@ def draw_prompts(handles: tuple, prompts: list[str], seeds: list[int], steps: in
     """:func:`render_prompts` with the (model, clip, vae) handles already
     loaded.  ``negative`` defaults to the empty prompt, which sdflow-tiny
     learnt as its unconditional caption."""
-    from sdflow_diffusion.decode import decode, to_pil
-    from sdflow_diffusion.encode import encode_text
-    from sdflow_diffusion.sampling import empty_latent, sample
+    from sdflow_diffusion.numerics.decode import decode, to_pil
+    from sdflow_diffusion.numerics.encode import encode_text
+    from sdflow_diffusion.numerics.sampling import empty_latent, sample
+    from sdflow_diffusion.stages.sample import Sample
 
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
@@ -47,8 +47,8 @@ def draw_prompts(handles: tuple, prompts: list[str], seeds: list[int], steps: in
     uncond = encode_text(clip, negative)
     images = []
     for prompt, seed in zip(prompts, seeds):
-        latent = sample(model, encode_text(clip, prompt), uncond, empty_latent(IMAGE_SIZE, IMAGE_SIZE, 1),
-                        seed=seed, steps=steps, cfg=cfg, sampler=sampler, scheduler=scheduler)
+        params = Sample(seed=seed, steps=steps, cfg=cfg, sampler=sampler, scheduler=scheduler)
+        latent = sample(model, encode_text(clip, prompt), uncond, empty_latent(IMAGE_SIZE, IMAGE_SIZE, 1), params)
         images += to_pil(decode(vae, latent))
     return images
 

@@ -5,7 +5,7 @@ CLIP's full 49408-token vocabulary, AutoencoderKL with an 8x factor,
 UNet2DConditionModel), so that the trained model is saved in the original
 single-file layout and loads through the code that loads a user's file.
 Sizes were chosen by measured cost on two CPU cores (see
-plugins/sdflow_diffusion/tiny/MODEL_CARD.md):
+plugins/sdflow_diffusion/models/tiny/MODEL_CARD.md):
 
 * VAE 64x64x3 -> 4x8x8, channels 16, 32, 64, 64 (0.98M parameters);
 * text encoder width 64, 2 layers (3.27M, 3.16M of them the embedding);

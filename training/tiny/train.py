@@ -23,7 +23,7 @@ Every ``--save-every`` steps the EMA weights are exported as a single file
 what ``--resume`` continues from), so a run cut short still leaves a usable
 model.  At the end: ``DIR/sdflow-tiny.safetensors`` (original SD layout,
 fp16) and ``DIR/family/sdflow-tiny/`` (the config tree to ship in
-``plugins/sdflow_diffusion/families/``), and ``DIR/train_log.json``.
+``plugins/sdflow_diffusion/models/configs/``), and ``DIR/train_log.json``.
 """
 
 from __future__ import annotations
@@ -164,8 +164,8 @@ def encode_latents(vae, images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]
 
 def tokenize(captions: list[str]) -> torch.Tensor:
     """[N, 77] ids, exactly as sdflow's clip_text_encode tokenizes a prompt."""
-    from sdflow_diffusion.encode import token_windows
-    from sdflow_diffusion.tokenizer import clip_tokenizer
+    from sdflow_diffusion.numerics.encode import token_windows
+    from sdflow_diffusion.models.tokenizer import clip_tokenizer
 
     tokenizer = clip_tokenizer()
     unique = {text: token_windows(tokenizer, text)[0] for text in dict.fromkeys(captions)}
@@ -270,7 +270,7 @@ def export(trainer: Trainer, vae, path: Path) -> Path:
     sdflow loads it in fp32 on the CPU)."""
     from safetensors.torch import save_file
 
-    from sdflow_diffusion.ldm_layout import to_original
+    from sdflow_diffusion.models.ldm_layout import to_original
 
     text_encoder, unet = trainer.ema_models()
     state = to_original({"unet": unet, "vae": vae, "text_encoder": text_encoder}, "sd1")

@@ -2,7 +2,7 @@
 
 Torch-free on purpose: ``sdflow check`` asks :func:`supported` whether a
 (sampler, schedule) pair can run before anything heavy is imported, and
-:mod:`sdflow_diffusion.sampling` builds the scheduler from the same table.
+:mod:`sdflow_diffusion.numerics.sampling` builds the scheduler from the same table.
 
 A name here is a promise of the method, not of ComfyUI's exact numbers:
 diffusers discretises the noise schedule its own way (the family's timestep

@@ -23,9 +23,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from sdflow.execute import StageError
+from sdflow.plugin import StageError
 
-FAMILIES_DIR = Path(__file__).parent / "families"
+FAMILIES_DIR = Path(__file__).parent / "configs"
 KIND_PREFIXES = {  # the text encoder's prefix says the kind before any shape is compared
     "sdxl": "conditioner.embedders.1.model.",
     "sd2": "cond_stage_model.model.",
@@ -79,7 +79,7 @@ def read_json(path: Path) -> dict[str, Any]:
 def pad_tokens(kind: str) -> tuple[str, ...]:
     """The padding token of each text encoder's tokenizer: OpenAI CLIP pads
     with its end token, OpenCLIP (SD 2.x, SDXL's second encoder) with "!"."""
-    from sdflow_diffusion.tokenizer import END
+    from sdflow_diffusion.models.tokenizer import END
 
     return {"sd1": (END,), "sd2": ("!",), "sdxl": (END, "!")}[kind]
 
@@ -94,7 +94,7 @@ def build_components(folder: Path, kind: str, meta: bool = False) -> dict[str, A
     import torch
     import transformers
 
-    from sdflow_diffusion.tokenizer import clip_tokenizer
+    from sdflow_diffusion.models.tokenizer import clip_tokenizer
 
     folder = Path(folder)
     index = read_json(folder / "model_index.json")
@@ -116,7 +116,7 @@ def build_components(folder: Path, kind: str, meta: bool = False) -> dict[str, A
 def expected_shapes(name: str) -> Mapping[str, tuple[int, ...]]:
     """Every tensor a single-file checkpoint of family ``name`` must hold,
     with its shape, derived from the family's configs (read-only: cached)."""
-    from sdflow_diffusion.ldm_layout import to_original
+    from sdflow_diffusion.models.ldm_layout import to_original
 
     kind = family_info(name)["kind"]
     components = build_components(family_dir(name), kind, meta=True)

@@ -28,9 +28,9 @@ import math
 
 import torch
 
-from sdflow.execute import StageError
+from sdflow.plugin import StageError
 from sdflow_diffusion.handles import Conditioning, Family, Latent, ModelHandle
-from sdflow_diffusion.sampler_table import scheduler_options, supported
+from sdflow_diffusion.numerics.sampler_table import scheduler_options, supported
 
 LATENT_CHANNELS = 4
 LATENT_FACTOR = 8  # pixels per latent cell in every supported family
@@ -61,21 +61,25 @@ def make_scheduler(family: Family, sampler: str, scheduler: str):
 
 
 @torch.no_grad()
-def sample(model: ModelHandle, positive: Conditioning, negative: Conditioning, latent: Latent, *,
-           seed: int, steps: int, cfg: float, sampler: str, scheduler: str, denoise: float = 1.0,
+def sample(model: ModelHandle, positive: Conditioning, negative: Conditioning, latent: Latent, params,
            progress=None) -> Latent:
-    """Denoise ``latent`` in ``steps`` steps guided by the prompts (KSampler).
+    """Denoise ``latent`` in ``params.steps`` steps guided by the prompts (KSampler).
+
+    ``params`` is the sample stage's parameter object
+    (:class:`sdflow_diffusion.stages.sample.Sample`): seed, steps, cfg,
+    sampler, scheduler, denoise.
 
     ``denoise`` < 1 works as in ComfyUI: a schedule of ``int(steps / denoise)``
     steps of which the last ``steps`` run, starting from the latent with noise
     added at the first of them (img2img).  ``denoise`` 0 returns the latent.
     ``progress.step()`` is called once per step (it raises when interrupted).
     """
+    seed, steps, cfg, denoise = params.seed, params.steps, params.cfg, params.denoise
     if latent.noise_mask is not None:
         raise StageError("this sampler does not support a latent noise mask yet (inpainting)")
     if denoise <= 0:
         return Latent(latent.samples.clone(), None, dict(latent.extra))
-    sched = make_scheduler(model.family, sampler, scheduler)
+    sched = make_scheduler(model.family, params.sampler, params.scheduler)
     timesteps, begin = _timesteps(sched, steps, denoise, model.device)
     x, generators = _noisy_start(sched, latent.samples.to(model.device, torch.float32), seed, timesteps, begin)
     guided = cfg > 1  # as the pipelines: at cfg <= 1 the negative is not run

@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sdflow.execute import StageError
-from sdflow_diffusion.checkpoint import quiet, vae_dtype
+from sdflow.plugin import StageError
+from sdflow_diffusion.models.common import quiet, vae_dtype
 
 
 def load_folder(folder: Path, prediction: str, dtype: Any) -> tuple[dict[str, Any], Any]:
@@ -21,8 +21,8 @@ def load_folder(folder: Path, prediction: str, dtype: Any) -> tuple[dict[str, An
     import diffusers
     import transformers
 
-    from sdflow_diffusion.families import family_handle, pad_tokens, read_json
-    from sdflow_diffusion.tokenizer import clip_tokenizer
+    from sdflow_diffusion.models.families import family_handle, pad_tokens, read_json
+    from sdflow_diffusion.models.tokenizer import clip_tokenizer
 
     if not (folder / "model_index.json").is_file():
         raise StageError(f"'{folder}' is a folder but not a diffusers model: it has no model_index.json",
@@ -57,7 +57,7 @@ def _nearest_family(folder: Path, kind: str, prediction: str | None) -> str:
     need no test; the family only names it and gives defaults.  Comparing two
     small JSON files is much cheaper than building the models to compare.
     """
-    from sdflow_diffusion.families import family_dir, family_info, family_names, read_json
+    from sdflow_diffusion.models.families import family_dir, family_info, family_names, read_json
 
     own = read_json(folder / "unet" / "config.json")
     keys = ("block_out_channels", "cross_attention_dim", "in_channels", "layers_per_block", "sample_size")

@@ -9,7 +9,6 @@ that exists: an image is never overwritten, and never seen half-written.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import re
 import tempfile
@@ -19,10 +18,7 @@ from typing import Iterable
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from sdflow.execute import StageError
-
-METADATA_PREFIX = "sdflow."
-
+from sdflow.plugin import StageError
 
 def output_folder_and_stem(output_dir: Path, prefix: str) -> tuple[Path, str]:
     """The folder and file-name stem for a prefix such as ``"portraits/cat"``,
@@ -51,16 +47,17 @@ def glob_escape(text: str) -> str:
     return re.sub(r"([\[\]*?])", r"[\1]", text)
 
 
-def png_info(metadata: dict[str, object]) -> PngInfo:
+def png_info(metadata: dict[str, str]) -> PngInfo:
+    """One iTXt chunk per metadata field (the run context's ``metadata()``:
+    keys and texts as ``sdflow show`` reads them), compressed when long."""
     info = PngInfo()
-    for key, value in metadata.items():
-        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-        info.add_itxt(METADATA_PREFIX + key, text, zip=len(text) > 1024)
+    for key, text in metadata.items():
+        info.add_itxt(key, text, zip=len(text) > 1024)
     return info
 
 
 def save_pngs(images: Iterable[Image.Image], output_dir: Path, prefix: str,
-              metadata: dict[str, object]) -> list[Path]:
+              metadata: dict[str, str]) -> list[Path]:
     """Save each image under the next free counter; returns the paths."""
     folder, stem = output_folder_and_stem(output_dir, prefix)
     folder.mkdir(parents=True, exist_ok=True)

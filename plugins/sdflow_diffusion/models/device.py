@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import torch
 
-from sdflow.execute import RunOptions, StageError
+from sdflow.plugin import StageError
+from sdflow_diffusion.settings import DiffusionSettings
 
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
-def resolve_device(options: RunOptions) -> tuple[torch.device, torch.dtype]:
-    device = _device(options.device)
-    if options.dtype == "auto":
+def resolve_device(settings: DiffusionSettings) -> tuple[torch.device, torch.dtype]:
+    device = _device(settings.device)
+    if settings.dtype == "auto":
         dtype = torch.float16 if device.type == "cuda" else torch.float32
-    elif options.dtype in _DTYPES:
-        dtype = _DTYPES[options.dtype]
+    elif settings.dtype in _DTYPES:
+        dtype = _DTYPES[settings.dtype]
     else:
-        raise StageError(f"unknown dtype '{options.dtype}'", "choose auto, fp16, bf16 or fp32")
+        raise StageError(f"unknown dtype '{settings.dtype}'", "choose auto, fp16, bf16 or fp32")
     if device.type == "cpu" and dtype == torch.float16:
         raise StageError("fp16 is not supported on the CPU", "use --dtype fp32 (or bf16) on the CPU")
     if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
@@ -40,3 +41,8 @@ def _device(name: str) -> torch.device:
     if name not in ("cpu", "cuda", "mps"):
         raise StageError(f"unknown device '{name}'", "choose auto, cuda, cpu or mps")
     return torch.device(name)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``fp16``, ``bf16`` or ``fp32``: a dtype as the settings write it."""
+    return next((name for name, known in _DTYPES.items() if known == dtype), str(dtype))

@@ -16,20 +16,21 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sdflow.execute import RunOptions, StageError
-from sdflow_diffusion.checkpoint import PICKLE_SUFFIXES, quiet, vae_dtype
+from sdflow.plugin import StageError
+from sdflow_diffusion.models.common import PICKLE_SUFFIXES, quiet, vae_dtype
+from sdflow_diffusion.settings import DiffusionSettings
 
 BROKEN_HELP = ("the file is damaged or incomplete (an interrupted download?): download it again "
                "and compare its size or SHA-256 with the source's")
 
 
-def load_single_file(path: Path, options: RunOptions, prediction: str, dtype: Any) -> tuple[dict[str, Any], Any]:
+def load_single_file(path: Path, settings: DiffusionSettings, prediction: str, dtype: Any) -> tuple[dict[str, Any], Any]:
     """The components and :class:`Family` of the checkpoint file ``path``."""
-    from sdflow_diffusion.families import detect_family, detect_kind, family_handle
+    from sdflow_diffusion.models.families import detect_family, detect_kind, family_handle
 
     state = None
     if path.suffix.lower() in PICKLE_SUFFIXES:
-        state, metadata = _read_pickle(path, options), {}
+        state, metadata = _read_pickle(path, settings), {}
         shapes = {key: tuple(value.shape) for key, value in state.items()}
     else:
         shapes, metadata = _read_header(path)
@@ -80,8 +81,8 @@ def convert(state: dict[str, Any], name: str, dtype: Any) -> dict[str, Any]:
     import transformers
     from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
 
-    from sdflow_diffusion.families import family_dir, family_info, pad_tokens, read_json
-    from sdflow_diffusion.tokenizer import clip_tokenizer
+    from sdflow_diffusion.models.families import family_dir, family_info, pad_tokens, read_json
+    from sdflow_diffusion.models.tokenizer import clip_tokenizer
 
     folder = family_dir(name)
     index = read_json(folder / "model_index.json")
@@ -154,11 +155,11 @@ def _unreadable(path: Path, err: Exception) -> StageError:
                       help=BROKEN_HELP)
 
 
-def _read_pickle(path: Path, options: RunOptions) -> dict[str, Any]:
+def _read_pickle(path: Path, settings: DiffusionSettings) -> dict[str, Any]:
     """A pickle checkpoint, only when allowed, and then only its tensors."""
     import torch
 
-    if not options.allow_pickle:
+    if not settings.allow_pickle:
         raise StageError(
             f"'{path.name}' is a pickle checkpoint ({path.suffix}), and loading a pickle can run any code "
             "hidden in it, so sdflow does not load one unless asked",

@@ -9,7 +9,7 @@ its own when loading; this module goes the other way, for two reasons:
 * tests save tiny models exactly as users' files are laid out, and load them
   through the same code a user's file takes (:mod:`sdflow_diffusion.testing`);
 * family detection derives, from each shipped config, the keys and shapes a
-  checkpoint of that family must have (:mod:`sdflow_diffusion.families`).
+  checkpoint of that family must have (:mod:`sdflow_diffusion.models.families`).
 
 Everything here works on meta tensors too: only names and shapes are used,
 apart from the few tensors that are reshaped (concatenated or transposed).

@@ -1,0 +1,1 @@
+"""Images in and out of files: PNG output that carries its recipe."""

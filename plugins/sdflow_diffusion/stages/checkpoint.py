@@ -1,0 +1,54 @@
+"""load_checkpoint: a Stable Diffusion checkpoint, found by name, loaded once."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from sdflow.plugin import Params, Port, stage
+
+
+class LoadCheckpoint(Params):
+    name: str = Field(
+        min_length=1,
+        description="checkpoint file: a name looked up in models/checkpoints, or a path",
+    )
+    prediction: Literal["auto", "epsilon", "v_prediction"] = Field(
+        "auto",
+        description="what the model predicts; auto reads it from the file "
+        "(SD 2.x: v_prediction unless its name says 512 or base)",
+    )
+
+
+@stage(
+    params=LoadCheckpoint,
+    outputs={
+        "model": Port("MODEL", "the U-Net"),
+        "clip": Port("CLIP", "the text encoder"),
+        "vae": Port("VAE", "the autoencoder"),
+    },
+)
+def load_checkpoint(ctx, params: LoadCheckpoint) -> dict:
+    """Load a Stable Diffusion checkpoint (SD 1.x, SD 2.x or SDXL): a single
+    .safetensors file or a diffusers folder. ComfyUI: CheckpointLoaderSimple."""
+    from sdflow_diffusion.models.load import load_checkpoint as load
+    from sdflow_diffusion.models.device import dtype_name
+
+    path = ctx.file_path(params.name) or _find(ctx, params.name)
+    model, clip, vae = load(path, ctx.settings, params.prediction)
+    ctx.record(device=str(model.device), dtype=dtype_name(model.dtype), vae_dtype=dtype_name(vae.dtype))
+    return {"model": model, "clip": clip, "vae": vae}
+
+
+@load_checkpoint.identifies
+def _checkpoint_file(ctx, params: LoadCheckpoint) -> None:
+    """The checkpoint's SHA-256, under the name the recipe gave: part of the
+    cache key and of the metadata of every image made with it."""
+    ctx.identify_file(params.name, _find(ctx, params.name))
+
+
+def _find(ctx, name: str):
+    from sdflow_diffusion.models.lookup import find_checkpoint
+
+    return find_checkpoint(name, ctx.settings, ctx.recipe_dir)

@@ -1,0 +1,41 @@
+"""save_image: PNG files that carry the recipe that made them."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from sdflow.plugin import Params, Port, stage
+
+
+class SaveImage(Params):
+    prefix: str = Field(
+        "sdflow",
+        min_length=1,
+        pattern=r"^[^\x00]*$",
+        description="file name prefix inside the output folder (may name subfolders); a counter follows",
+    )
+
+    @field_validator("prefix")
+    @classmethod
+    def _stays_inside(cls, prefix: str) -> str:
+        parts = prefix.replace("\\", "/").split("/")
+        if prefix.startswith(("/", "\\")) or ".." in parts or (len(prefix) > 1 and prefix[1] == ":"):
+            raise ValueError("the prefix must stay inside the output folder: no leading '/', no '..'")
+        if parts[-1] in ("", "."):
+            raise ValueError("the prefix must end with a file name, such as \"portraits/cat\"")
+        return prefix
+
+
+@stage(params=SaveImage, inputs={"image": Port("IMAGE", "the images to save")}, output=True)
+def save_image(ctx, params: SaveImage, image) -> dict:
+    """Write each image as a PNG into the output folder, never overwriting. ComfyUI: SaveImage."""
+    import diffusers
+    import torch
+
+    from sdflow_diffusion.numerics.decode import to_pil
+    from sdflow_diffusion.images.png import save_pngs
+
+    metadata = ctx.metadata(versions={"torch": torch.__version__, "diffusers": diffusers.__version__})
+    for path in save_pngs(to_pil(image), ctx.output_dir, params.prefix, metadata):
+        ctx.file_written(path)
+    return {}

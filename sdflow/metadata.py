@@ -1,0 +1,47 @@
+"""What an output carries to reproduce it, and how ``sdflow show`` reads it back.
+
+The engine owns the format both ways: a stage that writes a file asks its
+run context for :func:`output_metadata` (text fields, keys already carrying
+the ``sdflow.`` prefix) and stores each field as it can (a PNG text chunk,
+an EXIF comment...); ``sdflow show`` reads the same keys.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from typing import Any, Mapping
+
+PREFIX = "sdflow."
+
+
+def output_metadata(*, recipe: str, recipe_file: str, params: Mapping[str, Any],
+                    files: Mapping[str, str], stages: Mapping[str, str], resolved: Mapping[str, Any],
+                    versions: Mapping[str, str]) -> dict[str, str]:
+    """The text fields of an output, keyed ``sdflow.NAME``:
+
+    ``recipe`` (its text), ``recipe_file``, ``params`` (as resolved, ``--set``
+    included), ``models`` (each file a stage read: its label -> SHA-256),
+    ``stages`` (each stage that led to the output: its type's full name and
+    version), ``run`` (what the stages resolved: the device and dtype that
+    ran...), ``versions`` (sdflow, Python, the plugins, and what the
+    writing stage adds: torch, diffusers...).
+    """
+    import sdflow
+
+    fields: dict[str, Any] = {
+        "recipe": recipe,
+        "recipe_file": recipe_file,
+        "params": dict(params),
+        "models": dict(files),
+        "stages": dict(stages),
+        "run": dict(resolved),
+        "versions": {"sdflow": sdflow.__version__, "python": platform.python_version(), **versions},
+    }
+    return {PREFIX + key: value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+            for key, value in fields.items()}
+
+
+def strip_prefix(fields: Mapping[str, str]) -> dict[str, str]:
+    """The ``sdflow.*`` fields among ``fields``, keyed without the prefix."""
+    return {key[len(PREFIX):]: value for key, value in fields.items() if key.startswith(PREFIX)}

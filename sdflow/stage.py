@@ -1,0 +1,131 @@
+"""A stage type declared in one place: its parameters, ports, docs, version
+and run function together.
+
+A plugin writes each stage type as one decorated function::
+
+    from sdflow.plugin import Params, Port, stage
+
+    class Blur(Params):
+        radius: float = Field(2.0, gt=0, description="in pixels")
+
+    @stage(params=Blur, inputs={"image": Port("IMAGE", "the images")},
+           outputs={"image": Port("IMAGE", "blurred")})
+    def blur(ctx, params: Blur, image):
+        \"\"\"Gaussian blur. ComfyUI: ImageBlur.\"\"\"
+        from PIL import ImageFilter   # heavy imports inside: declaring stays light
+        ...
+        return {"image": blurred}
+
+and hands the module (or a package of such modules) to
+``registry.add_stages`` in its ``sdflow_stage_types`` hook.  The run
+function receives the run context, the validated parameter object and the
+inputs by port name, and returns the outputs by port name.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+import re
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, Callable, Iterator, Mapping
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Params(BaseModel):
+    """A base for stage parameter models: unknown arguments are refused and
+    a validated parameter object cannot change (it is part of a cache key)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass
+class StageType:
+    """A stage type as its plugin declares it (see :func:`stage`)."""
+
+    name: str
+    run: Callable[..., Any]
+    params: type[BaseModel]
+    inputs: Mapping[str, Any] = field(default_factory=dict)
+    outputs: Mapping[str, Any] = field(default_factory=dict)
+    output: bool = False
+    version: str | None = None
+    doc: str = ""
+    identify: Callable[..., Any] | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the stage's function directly (for tests and other stages)."""
+        return self.run(*args, **kwargs)
+
+    def identifies(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        """Name ``function`` as the one that identifies the files this stage
+        reads (a decorator)::
+
+            @load_vae.identifies
+            def _vae_file(ctx, params):
+                ctx.identify_file(params.name, find_vae(params.name))
+
+        ``function(ctx, params)`` runs before the stage, every time; the
+        identities it records with ``ctx.identify_file`` (or returns, as a
+        label -> identity mapping) are part of the cache key and of the
+        metadata of every output made downstream.
+        """
+        self.identify = function
+        return function
+
+
+def stage(
+    name: str | None = None,
+    *,
+    params: type[BaseModel],
+    inputs: Mapping[str, Any] | None = None,
+    outputs: Mapping[str, Any] | None = None,
+    output: bool = False,
+    version: str | None = None,
+    doc: str | None = None,
+) -> Callable[[Callable[..., Any]], StageType]:
+    """Declare the decorated function as a stage type.
+
+    ``name`` defaults to the function's name and ``doc`` to its docstring;
+    ``inputs`` and ``outputs`` map port names to port types (a type name or
+    a :class:`~sdflow.registry.Port`); ``output`` marks a stage a recipe runs
+    for (it writes files); ``version`` (default: the plugin's) is recorded
+    in every output and is part of a result's cache key: raise it when the
+    stage computes something different from the same inputs.
+    """
+
+    def declare(function: Callable[..., Any]) -> StageType:
+        return StageType(
+            name=name or function.__name__,
+            run=function,
+            params=params,
+            inputs=dict(inputs or {}),
+            outputs=dict(outputs or {}),
+            output=output,
+            version=version,
+            doc=_paragraphs(doc if doc is not None else (function.__doc__ or "")),
+        )
+
+    return declare
+
+
+def _paragraphs(doc: str) -> str:
+    """A docstring as text: its lines joined into paragraphs, which stay
+    apart by a blank line."""
+    return re.sub(r"(?<!\n)\n(?!\n)", " ", inspect.cleandoc(doc))
+
+
+def stage_types_in(source: ModuleType | str) -> Iterator[StageType]:
+    """Every :class:`StageType` a module defines at its top level, in the
+    order they are defined; for a package, those of each of its modules too
+    (in name order), so that adding a stage type is adding a file."""
+    module = importlib.import_module(source) if isinstance(source, str) else source
+    # A module's own stage types, not those it imports from another.
+    yield from (value for value in vars(module).values()
+                if isinstance(value, StageType) and value.run.__module__ == module.__name__)
+    for info in sorted(pkgutil.iter_modules(getattr(module, "__path__", [])), key=lambda i: i.name):
+        if not info.name.startswith("_"):
+            yield from stage_types_in(f"{module.__name__}.{info.name}")
