@@ -1,0 +1,88 @@
+"""A file's identity is its content: rewritten files are found out, as the
+reference promises, and the testing helpers run a recipe through a plugin."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from pydantic import BaseModel
+
+from sdflow import hookimpl
+from sdflow.identity import file_sha256
+from sdflow.testing import registry_with, run_recipe
+
+
+def test_a_file_rewritten_with_its_size_and_mtime_kept_is_hashed_again(tmp_path):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(b"A" * 1000)
+    first = file_sha256(path)
+    stat = path.stat()
+    path.write_bytes(b"B" * 1000)  # what cp -p does: same size, mtime put back
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_mtime_ns == stat.st_mtime_ns
+    assert file_sha256(path) != first
+
+
+def test_a_file_replaced_by_another_of_the_same_size_and_mtime_is_hashed_again(tmp_path):
+    path, other = tmp_path / "model.safetensors", tmp_path / "new.safetensors"
+    path.write_bytes(b"A" * 1000)
+    first = file_sha256(path)
+    other.write_bytes(b"B" * 1000)
+    shutil.copystat(path, other)  # what rsync -t does: a new file, renamed over the old
+    os.replace(other, path)
+    assert file_sha256(path) != first
+
+
+def test_a_file_rewritten_inside_a_folder_changes_the_folders_identity(tmp_path):
+    folder = tmp_path / "model"
+    (folder / "unet").mkdir(parents=True)
+    (folder / "model_index.json").write_text("{}")
+    weights = folder / "unet" / "weights.safetensors"
+    weights.write_bytes(b"A" * 100)
+    first = file_sha256(folder)
+    folder_mtime = folder.stat().st_mtime_ns
+    weights.write_bytes(b"B" * 100)
+    assert folder.stat().st_mtime_ns == folder_mtime  # the folder itself did not change
+    assert file_sha256(folder) != first
+    assert file_sha256(folder) == file_sha256(folder, verify=True)
+
+
+class Text(BaseModel):
+    text: str
+
+
+class Nothing(BaseModel):
+    pass
+
+
+def shout(ctx, params):
+    return {"out": params.text.upper()}
+
+
+def save(ctx, params, text):
+    path = ctx.output_dir / "said.txt"
+    path.write_text(text)
+    ctx.file_written(path)
+
+
+class Shouting:
+    @hookimpl
+    def sdflow_port_types(self, registry):
+        registry.add_port_type("WORDS")
+
+    @hookimpl
+    def sdflow_stage_types(self, registry):
+        registry.add_stage("shout", params=Text, outputs={"out": "WORDS"}, run=shout)
+        registry.add_stage("say", params=BaseModel, inputs={"text": "WORDS"}, output=True, run=save)
+        registry.add_stage("say_it", params=Nothing, inputs={"text": "WORDS"}, output=True, run=save)
+
+
+def test_a_plugin_registered_for_one_test_runs_a_recipe(tmp_path):
+    recipe = 'sdflow 1\nloud = shout(text="hello")\nsay_it(text=loud)\n'
+    with registry_with(("shouting", Shouting()), installed=False) as registry:
+        assert [str(p) for p in registry.problems] == [
+            "plugin 'shouting': stage type 'say': params must be a pydantic BaseModel class"]
+        result = run_recipe(recipe, registry, tmp_path)
+    assert (tmp_path / "said.txt").read_text() == "HELLO"
+    assert result.ran == ["loud", "say_it#1"]
