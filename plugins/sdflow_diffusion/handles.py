@@ -31,6 +31,7 @@ class Family:
     scheduler_config: dict[str, Any]
     vae_scaling_factor: float
     vae_shift_factor: float | None = None
+    vae_scale_factor: int = 8  # pixels per latent cell, from the VAE's own config
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,8 @@ def family_handle(name: str, prediction: str | None = None, folder: Path | None 
     scheduler.update(scheduler_overrides or {}, prediction_type=prediction)
     return Family(name=name, kind=info["kind"], prediction_type=prediction, scheduler_config=scheduler,
                   vae_scaling_factor=float(vae.get("scaling_factor", info["vae_scaling_factor"])),
-                  vae_shift_factor=vae.get("shift_factor"))
+                  vae_shift_factor=vae.get("shift_factor"),
+                  vae_scale_factor=2 ** (len(vae.get("block_out_channels", (0,) * 4)) - 1))
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -172,7 +172,8 @@ def _conditioning(model: ModelHandle, positive: Conditioning, negative: Conditio
                          "encode the prompts with the same checkpoint's clip")
     text_embeds = torch.cat([p.to(model.device, model.dtype).expand(batch, -1) for p in pooled])
     # SDXL's micro-conditioning: original size = target size = the image size, crop (0, 0).
-    height, width = shape[-2] * LATENT_FACTOR, shape[-1] * LATENT_FACTOR
+    factor = model.family.vae_scale_factor
+    height, width = shape[-2] * factor, shape[-1] * factor
     time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=model.dtype, device=model.device)
     return context, {"text_embeds": text_embeds, "time_ids": time_ids.repeat(len(text_embeds), 1)}
 
