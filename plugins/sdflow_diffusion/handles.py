@@ -33,6 +33,13 @@ class Family:
     vae_shift_factor: float | None = None
     vae_scale_factor: int = 8  # pixels per latent cell, from the VAE's own config
 
+    @property
+    def architecture(self):
+        """What the kind is, as data (:mod:`sdflow_diffusion.models.architectures`)."""
+        from sdflow_diffusion.models.architectures import architecture
+
+        return architecture(self.kind)
+
 
 @dataclass(frozen=True)
 class ModelHandle:

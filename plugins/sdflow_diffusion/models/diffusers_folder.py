@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sdflow.plugin import StageError
+from sdflow_diffusion.models.architectures import architecture, kind_of_folder
 from sdflow_diffusion.models.common import quiet, vae_dtype
 
 
@@ -21,14 +22,14 @@ def load_folder(folder: Path, prediction: str, dtype: Any) -> tuple[dict[str, An
     import diffusers
     import transformers
 
-    from sdflow_diffusion.models.families import family_handle, pad_tokens, read_json
+    from sdflow_diffusion.models.families import family_handle, read_json
     from sdflow_diffusion.models.tokenizer import clip_tokenizer
 
     if not (folder / "model_index.json").is_file():
         raise StageError(f"'{folder}' is a folder but not a diffusers model: it has no model_index.json",
                          help="name a .safetensors file, or a folder saved by diffusers' save_pretrained")
     index = read_json(folder / "model_index.json")
-    kind = "sdxl" if "text_encoder_2" in index else _text_kind(folder)
+    kind = _kind(folder, index)
     chosen = None if prediction == "auto" else prediction
     name = _nearest_family(folder, kind, chosen)
     local = dict(local_files_only=True)
@@ -39,7 +40,8 @@ def load_folder(folder: Path, prediction: str, dtype: Any) -> tuple[dict[str, An
                                                                    **local),
             "vae": diffusers.AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=vae_type, **local),
         }
-        for encoder, pad in zip(("text_encoder", "text_encoder_2"), pad_tokens(kind)):
+        for text_encoder in architecture(kind).text_encoders:
+            encoder, pad = text_encoder.subfolder, text_encoder.pad
             model_class = getattr(transformers, index[encoder][1])
             components[encoder] = model_class.from_pretrained(folder, subfolder=encoder, **_dtype_kwarg(dtype),
                                                               **local)
@@ -71,10 +73,20 @@ def _nearest_family(folder: Path, kind: str, prediction: str | None) -> str:
     return max(names, key=score)
 
 
-def _text_kind(folder: Path) -> str:
-    """SD 2.x's OpenCLIP encoder uses GELU, SD 1.x's OpenAI CLIP quick GELU."""
-    config = json.loads((folder / "text_encoder" / "config.json").read_text(encoding="utf-8"))
-    return "sd2" if config.get("hidden_act") == "gelu" else "sd1"
+def _kind(folder: Path, index: dict[str, Any]) -> str:
+    """The kind of the folder, from its text encoders: which subfolders
+    (SDXL has two) and what the first one is (SD 2.x's OpenCLIP uses GELU,
+    SD 1.x's OpenAI CLIP quick GELU)."""
+    encoders = {name for name in index if name.startswith("text_encoder")}
+    config_file = folder / "text_encoder" / "config.json"
+    activation = json.loads(config_file.read_text(encoding="utf-8")).get("hidden_act") \
+        if config_file.is_file() else None
+    kind = kind_of_folder(encoders, activation)
+    if kind is None:
+        raise StageError(f"'{folder}' is not a Stable Diffusion model sdflow knows: its text encoders are "
+                         f"{sorted(encoders)} ({activation})",
+                         help="load_checkpoint reads SD 1.x, SD 2.x and SDXL diffusers folders")
+    return kind
 
 
 def _dtype_kwarg(dtype: Any) -> dict[str, Any]:

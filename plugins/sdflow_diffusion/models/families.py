@@ -24,13 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from sdflow.plugin import StageError
+from sdflow_diffusion.models.architectures import architecture, kind_of_keys
 
 FAMILIES_DIR = Path(__file__).parent / "configs"
-KIND_PREFIXES = {  # the text encoder's prefix says the kind before any shape is compared
-    "sdxl": "conditioner.embedders.1.model.",
-    "sd2": "cond_stage_model.model.",
-    "sd1": "cond_stage_model.transformer.",
-}
 PARTS = {"model.diffusion_model.": "U-Net", "first_stage_model.": "VAE",
          "cond_stage_model.": "text encoder", "conditioner.embedders.": "text encoder"}
 
@@ -80,9 +76,7 @@ def read_json(path: Path) -> dict[str, Any]:
 def pad_tokens(kind: str) -> tuple[str, ...]:
     """The padding token of each text encoder's tokenizer: OpenAI CLIP pads
     with its end token, OpenCLIP (SD 2.x, SDXL's second encoder) with "!"."""
-    from sdflow_diffusion.models.tokenizer import END
-
-    return {"sd1": (END,), "sd2": ("!",), "sdxl": (END, "!")}[kind]
+    return architecture(kind).pads
 
 
 def build_components(folder: Path, kind: str, meta: bool = False) -> dict[str, Any]:
@@ -103,10 +97,11 @@ def build_components(folder: Path, kind: str, meta: bool = False) -> dict[str, A
     with torch.device("meta") if meta else contextlib.nullcontext():
         components["unet"] = diffusers.UNet2DConditionModel.from_config(read_json(folder / "unet" / "config.json"))
         components["vae"] = diffusers.AutoencoderKL.from_config(read_json(folder / "vae" / "config.json"))
-        for name, pad in zip(("text_encoder", "text_encoder_2"), pad_tokens(kind)):
+        for encoder in architecture(kind).text_encoders:
+            name = encoder.subfolder
             config = transformers.CLIPTextConfig.from_json_file(str(folder / name / "config.json"))
             components[name] = getattr(transformers, index[name][1])(config).eval()
-            components[name.replace("text_encoder", "tokenizer")] = clip_tokenizer(pad)
+            components[name.replace("text_encoder", "tokenizer")] = clip_tokenizer(encoder.pad)
     if not meta:  # shapes are all a meta build is for
         scheduler_config = read_json(folder / "scheduler" / "scheduler_config.json")
         components["scheduler"] = getattr(diffusers, scheduler_config["_class_name"]).from_config(scheduler_config)
@@ -126,11 +121,8 @@ def expected_shapes(name: str) -> Mapping[str, tuple[int, ...]]:
 
 
 def detect_kind(keys: Any) -> str | None:
-    """"sd1", "sd2" or "sdxl" from the text encoders' key prefixes alone."""
-    for kind, prefix in KIND_PREFIXES.items():
-        if any(key.startswith(prefix) for key in keys):
-            return kind
-    return None
+    """The kind ("sd1", "sd2", "sdxl"...) from the text encoders' key prefixes alone."""
+    return kind_of_keys(keys)
 
 
 def detect_family(keys_and_shapes: Mapping[str, Any], prediction: str | None = None) -> str:

@@ -19,14 +19,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from sdflow_diffusion.models.architectures import architecture, kind_of_folder
+
 UNET = "model.diffusion_model."
 VAE = "first_stage_model."
-TEXT_ENCODER_PREFIXES = {
-    # kind -> the prefix of each text encoder, in the pipeline's order
-    "sd1": ("cond_stage_model.transformer.",),
-    "sd2": ("cond_stage_model.model.",),
-    "sdxl": ("conditioner.embedders.0.transformer.", "conditioner.embedders.1.model."),
-}
 
 _UNET_RESNET = (("norm1.", "in_layers.0."), ("conv1.", "in_layers.2."), ("time_emb_proj.", "emb_layers.1."),
                 ("norm2.", "out_layers.0."), ("conv2.", "out_layers.3."), ("conv_shortcut.", "skip_connection."))
@@ -38,11 +34,13 @@ _OPEN_CLIP_LAYER = (("layer_norm1.", "ln_1."), ("layer_norm2.", "ln_2."), ("self
 
 
 def infer_kind(components: dict[str, Any]) -> str:
-    """"sdxl" with two text encoders; else "sd2" when the text encoder is
-    OpenCLIP (GELU activations), "sd1" when it is OpenAI's CLIP (quick GELU)."""
-    if "text_encoder_2" in components:
-        return "sdxl"
-    return "sd2" if components["text_encoder"].config.hidden_act == "gelu" else "sd1"
+    """The kind whose text encoders ``components`` has (by subfolder name
+    and the first encoder's activation)."""
+    encoders = {name for name in components if name.startswith("text_encoder")}
+    kind = kind_of_folder(encoders, components["text_encoder"].config.hidden_act)
+    if kind is None:
+        raise ValueError(f"no known kind of Stable Diffusion has text encoders {sorted(encoders)}")
+    return kind
 
 
 def to_original(components: dict[str, Any], kind: str | None = None) -> dict[str, Any]:
@@ -52,11 +50,10 @@ def to_original(components: dict[str, Any], kind: str | None = None) -> dict[str
     state: dict[str, Any] = {}
     state.update(_prefixed(UNET, unet_to_original(components["unet"].state_dict(), components["unet"].config)))
     state.update(_prefixed(VAE, vae_to_original(components["vae"].state_dict(), components["vae"].config)))
-    names = ("text_encoder", "text_encoder_2")
-    for name, prefix in zip(names, TEXT_ENCODER_PREFIXES[kind]):
-        weights = components[name].state_dict()
-        convert = open_clip_to_original if prefix.endswith(".model.") else clip_to_original
-        state.update(_prefixed(prefix, convert(weights)))
+    for encoder in architecture(kind).text_encoders:
+        weights = components[encoder.subfolder].state_dict()
+        convert = open_clip_to_original if encoder.layout == "open_clip" else clip_to_original
+        state.update(_prefixed(encoder.prefix, convert(weights)))
     return state
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sdflow.plugin import StageError
+from sdflow_diffusion.models.architectures import architecture
 from sdflow_diffusion.models.common import PICKLE_SUFFIXES, quiet, vae_dtype
 from sdflow_diffusion.settings import DiffusionSettings
 
@@ -67,7 +68,7 @@ def resolve_prediction(prediction: str, keys: Any, metadata: dict[str, str], pat
         return "epsilon"
     if metadata.get("modelspec.architecture", "").endswith("-v"):
         return "v_prediction"
-    if kind == "sd2":
+    if kind is not None and architecture(kind).prediction_by_name:
         name = path.name.lower()
         return "epsilon" if re.search(r"512|base", name) else "v_prediction"
     return None
@@ -81,7 +82,7 @@ def convert(state: dict[str, Any], name: str, dtype: Any) -> dict[str, Any]:
     import transformers
     from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
 
-    from sdflow_diffusion.models.families import family_dir, family_info, pad_tokens, read_json
+    from sdflow_diffusion.models.families import family_dir, family_info, read_json
     from sdflow_diffusion.models.tokenizer import clip_tokenizer
 
     folder = family_dir(name)
@@ -95,11 +96,12 @@ def convert(state: dict[str, Any], name: str, dtype: Any) -> dict[str, Any]:
             "vae": diffusers.AutoencoderKL.from_single_file(state, subfolder="vae",
                                                             torch_dtype=vae_dtype(vae_config, dtype), **common),
         }
-        for encoder, pad in zip(("text_encoder", "text_encoder_2"), pad_tokens(family_info(name)["kind"])):
+        for text_encoder in architecture(family_info(name)["kind"]).text_encoders:
+            encoder = text_encoder.subfolder
             model_class = getattr(transformers, index[encoder][1])
             components[encoder] = create_diffusers_clip_model_from_ldm(
                 model_class, state, subfolder=encoder, torch_dtype=dtype, **common)
-            components[encoder.replace("text_encoder", "tokenizer")] = clip_tokenizer(pad)
+            components[encoder.replace("text_encoder", "tokenizer")] = clip_tokenizer(text_encoder.pad)
     return components
 
 

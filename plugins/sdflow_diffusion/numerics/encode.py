@@ -32,32 +32,28 @@ def token_windows(tokenizer, text: str) -> torch.Tensor:
 @torch.no_grad()
 def encode_text(clip: ClipHandle, text: str) -> Conditioning:
     """Encode a prompt: embeds [1, 77 x windows, dim] on the run's device in
-    its dtype; for SDXL also the pooled embedding [1, dim] (of the first window,
-    as ComfyUI takes it)."""
-    if clip.family.kind == "sdxl":
-        return _encode_sdxl(clip, text)
-    tokenizer, encoder = clip.tokenizers[0], clip.encoders[0]
-    embeds = torch.cat([_hidden(encoder, window)[0] for window in token_windows(tokenizer, text)], dim=1)
-    return Conditioning(embeds=embeds.to(device=clip.device, dtype=clip.dtype))
-
-
-def _encode_sdxl(clip: ClipHandle, text: str) -> Conditioning:
-    """Both encoders' penultimate hidden states side by side on the feature
-    axis; the pooled, projected output of the second (OpenCLIP bigG)."""
+    its dtype, each text encoder's chosen hidden state side by side on the
+    feature axis (SDXL: both encoders' penultimate ones); and where the kind
+    has one, the pooled embedding [1, dim] of the first window (as ComfyUI
+    takes it)."""
     per_encoder, pooled = [], None
-    for tokenizer, encoder in zip(clip.tokenizers, clip.encoders):
+    for spec, tokenizer, encoder in zip(clip.family.architecture.text_encoders, clip.tokenizers, clip.encoders):
         states = []
         for window in token_windows(tokenizer, text):
-            out = _hidden(encoder, window, hidden_states=True)
-            states.append(out.hidden_states[-2])
-            if pooled is None and out[0].ndim == 2:  # CLIPTextModelWithProjection's text_embeds
+            if spec.hidden_layer == -1:  # the last hidden state, after the final layer norm
+                out = _hidden(encoder, window)
+                states.append(out[0])
+            else:
+                out = _hidden(encoder, window, hidden_states=True)
+                states.append(out.hidden_states[spec.hidden_layer])
+            if spec.pooled and pooled is None:  # CLIPTextModelWithProjection's text_embeds
                 pooled = out[0]
         per_encoder.append(torch.cat(states, dim=1))
-    if pooled is None:
-        raise ValueError("SDXL's second text encoder gave no pooled output")
-    embeds = torch.cat(per_encoder, dim=-1)
+    if any(spec.pooled for spec in clip.family.architecture.text_encoders) and pooled is None:
+        raise ValueError("the text encoder that gives the pooled embedding gave none")
+    embeds = per_encoder[0] if len(per_encoder) == 1 else torch.cat(per_encoder, dim=-1)
     return Conditioning(embeds=embeds.to(device=clip.device, dtype=clip.dtype),
-                        pooled=pooled.to(device=clip.device, dtype=clip.dtype))
+                        pooled=None if pooled is None else pooled.to(device=clip.device, dtype=clip.dtype))
 
 
 def _hidden(encoder, window: torch.Tensor, hidden_states: bool = False):

@@ -164,7 +164,7 @@ def _conditioning(model: ModelHandle, positive: Conditioning, negative: Conditio
         pos, neg = _common_length(pos, neg)
     parts = [neg, pos] if guided else [pos]
     context = torch.cat([p.to(model.device, model.dtype).expand(batch, -1, -1) for p in parts])
-    if model.family.kind != "sdxl":
+    if model.family.architecture.added_conditions != "text_time":
         return context, None
     pooled = [negative.pooled, positive.pooled] if guided else [positive.pooled]
     if any(p is None for p in pooled):
