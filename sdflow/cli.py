@@ -105,6 +105,9 @@ def _parser(with_settings: bool = False) -> argparse.ArgumentParser:
     graph.add_argument("--format", choices=("dot", "mermaid"), default="dot")
     _add_set(graph)
     graph.set_defaults(handler=_cmd_graph)
+    for command in sub.choices.values():  # `sdflow check --strict-plugins ...` works too
+        command.add_argument("--strict-plugins", action="store_true", default=argparse.SUPPRESS,
+                             help="a plugin that fails to load or register is an error (exit 1)")
     return parser
 
 

@@ -312,7 +312,8 @@ class Executor:
             for key in graph.order:
                 node = graph.nodes[key]
                 ctx = RunContext(self, graph, node, options)
-                inputs = {port: results[c.stage][c.port] for port, c in node.inputs.items()}
+                inputs = {port: None for port, spec in node.spec.inputs.items() if spec.optional}
+                inputs.update({port: results[c.stage][c.port] for port, c in node.inputs.items()})
                 results[key] = self._stage(ctx, graph, node, inputs)
                 for used in [key, *(c.stage for c in node.inputs.values())]:
                     uses[group[used]] -= 1

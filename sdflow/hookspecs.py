@@ -51,7 +51,9 @@ def sdflow_settings(registry: PluginRegistry) -> None:
 
 @hookspec
 def sdflow_stage_types(registry: PluginRegistry) -> None:
-    """Add the stage types this plugin defines, with ``registry.add_stage``.
+    """Add the stage types this plugin defines, with ``registry.add_stages``
+    (stage types declared with ``@stage``: one, a module or a package of
+    them) or the lower-level ``registry.add_stage``.
 
     Called once per plugin when the registry is built, after every plugin's
     ``sdflow_port_types`` and ``sdflow_settings``.  Must not import heavy libraries (torch,

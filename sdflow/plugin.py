@@ -16,7 +16,9 @@ change between versions, these names will not without notice::
 * :class:`StageError` is a failure the user can fix (shown at the stage's
   line with its help); :class:`Interrupted` is raised when the user stops.
 
-Writing a plugin, step by step: ``docs/plugins.md``.
+A plugin's tests use :mod:`sdflow.testing` (register a plugin for one
+test, check and run a recipe through it).  Writing a plugin, step by step:
+``docs/plugins.md``.
 """
 
 from sdflow.execute import Interrupted, Progress, RunContext, StageError

@@ -53,7 +53,7 @@ class PortType:
 @dataclass(frozen=True, slots=True)
 class Port:
     """A stage's input or output: its port type, a line of docs, and for an
-    input whether it may be left out."""
+    input whether it may be left out (the run function then gets None)."""
 
     type: str
     doc: str = ""
@@ -414,9 +414,6 @@ def plugin_manager(entry_points: bool = True) -> tuple[pluggy.PluginManager, lis
     """
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
-    if _tracing():
-        pm.trace.root.setwriter(lambda text: sys.stderr.write(f"sdflow: trace: {text}"))
-        pm.enable_tracing()
     for name in disabled_plugins():
         pm.set_blocked(name)
     problems: list[PluginProblem] = []

@@ -15,7 +15,8 @@ with ``-`` for ``_`` unless the field says otherwise, its variable
 ``SDFLOW_`` and the name in capitals.  A flag wins over its variable, which
 wins over the default; a list takes every ``--flag`` given, then the
 variable's items (split on ``os.pathsep`` for paths, on ``,`` otherwise).
-A boolean flag takes no value; its variable reads 1/true/yes or 0/false/no.
+A boolean setting is ``--flag`` or ``--no-flag``; its variable reads
+1/true/yes or 0/false/no.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pydantic_core import PydanticUndefined
 
 # Flags that belong to ``sdflow run`` itself: no plugin may take them.
 ENGINE_FLAGS = frozenset({"--set", "--output", "--json", "--explain", "--help", "--strict-plugins"})
+ENGINE_VARIABLES = frozenset({"SDFLOW_DISABLE_PLUGINS", "SDFLOW_TRACE_PLUGINS", "SDFLOW_STRICT_PLUGINS"})
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
 
@@ -68,6 +70,7 @@ def settings_problem(model: Any, existing: Iterable[Any]) -> str | None:
     if not (isinstance(model, type) and issubclass(model, BaseModel)) or model is BaseModel:
         return "settings must be a pydantic BaseModel class"
     taken = {flag_of(n, i): spec.plugin for spec in existing for n, i in spec.model.model_fields.items()}
+    taken_env = {env_of(n, i): spec.plugin for spec in existing for n, i in spec.model.model_fields.items()}
     for name, info in model.model_fields.items():
         if info.default is PydanticUndefined and info.default_factory is None:
             return f"setting '{name}' has no default"
@@ -76,6 +79,9 @@ def settings_problem(model: Any, existing: Iterable[Any]) -> str | None:
             return f"setting '{name}': {flag} is sdflow run's own flag"
         if flag in taken:
             return f"setting '{name}': {flag} is already a setting of plugin '{taken[flag]}'"
+        if env_of(name, info) in taken_env or env_of(name, info) in ENGINE_VARIABLES:
+            owner = taken_env.get(env_of(name, info), "sdflow")
+            return f"setting '{name}': ${env_of(name, info)} is already a variable of {owner!r}"
     return None
 
 
@@ -92,8 +98,7 @@ def add_arguments(parser: argparse.ArgumentParser, registry) -> None:
             options: dict[str, Any] = dict(dest=_dest(plugin, name), default=None, help=help_text)
             annotation = info.annotation
             if annotation is bool:
-                options["action"] = "store_const"
-                options["const"] = True
+                options["action"] = argparse.BooleanOptionalAction  # --flag / --no-flag
             else:
                 options["metavar"] = _extra(info).get("metavar") or name.upper()
                 if typing.get_origin(annotation) is typing.Literal:

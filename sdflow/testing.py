@@ -20,18 +20,28 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from sdflow.execute import Executor, RunOptions, RunResult
+from sdflow.execute import Executor, RunError, RunOptions, RunResult
 from sdflow.graph import check_source
 from sdflow.registry import Registry, build_registry, plugin_manager
+
+__all__ = ["Executor", "RunError", "RunOptions", "RunResult", "check_recipe", "registry_with", "run_recipe"]
 
 
 @contextmanager
 def registry_with(*plugins: tuple[str, Any], installed: bool = True) -> Iterator[Registry]:
     """A registry of the installed plugins plus ``plugins`` (``(name, module
-    or object)`` pairs), for the ``with`` block."""
+    or object)`` pairs), for the ``with`` block.
+
+    A plugin of that name that is installed (the one under test, installed
+    in development mode) is replaced by the one given.  Misspelled hook
+    names fail here, as they do when a plugin is loaded for a user.
+    """
     pm, problems, versions = plugin_manager(entry_points=installed)
     for name, plugin in plugins:
+        if pm.get_plugin(name) is not None:
+            pm.unregister(name=name)
         pm.register(plugin, name=name)
+    pm.check_pending()
     try:
         yield build_registry(pm, problems, versions)
     finally:
@@ -47,10 +57,16 @@ def check_recipe(text: str, registry: Registry, overrides: Mapping[str, str] | N
 
 
 def run_recipe(text: str, registry: Registry, output_dir: Path, overrides: Mapping[str, str] | None = None,
-               settings: Mapping[str, Any] | None = None, executor: Executor | None = None) -> RunResult:
-    """Check and run a recipe's text; an error in it fails with its diagnostics."""
+               settings: Mapping[str, Any] | None = None, executor: Executor | None = None,
+               recipe_dir: Path | None = None) -> RunResult:
+    """Check and run a recipe's text, as from a file in ``recipe_dir``; an
+    error in the recipe fails with its diagnostics, one at run time raises
+    :class:`RunError` (its ``diagnostics`` say what and where).  ``settings``:
+    a settings object by plugin name; ``executor``: one to reuse across
+    runs (its ``keys`` are each stage's cache key)."""
     graph, diagnostics = check_recipe(text, registry, overrides)
     if graph is None:
         raise AssertionError("the recipe has errors:\n" + "\n".join(f"{d.span}: {d.code} {d.message}" for d in diagnostics))
-    options = RunOptions(output_dir=Path(output_dir), settings=dict(settings or {}))
+    options = RunOptions(output_dir=Path(output_dir), settings=dict(settings or {}),
+                         recipe_dir=None if recipe_dir is None else Path(recipe_dir))
     return (executor or Executor()).run(graph, options)

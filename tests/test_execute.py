@@ -9,7 +9,7 @@ import json
 import pytest
 from pydantic import BaseModel, Field
 
-from sdflow import hookimpl
+from sdflow import Port, hookimpl
 from sdflow.cache import CacheStore
 from sdflow.execute import Events, Executor, Interrupted, RunError, RunOptions, StageError
 from sdflow.graph import check_source
@@ -57,6 +57,10 @@ def slow(ctx, params, x):
     return {"out": x}
 
 
+def maybe(ctx, params, x):
+    return {"out": -1 if x is None else x}
+
+
 def half(ctx, params, x):
     CALLS.append(f"half {x}")
     ctx.record(precision=ctx.settings.precision)
@@ -95,6 +99,8 @@ class Arithmetic:
 
     @hookimpl
     def sdflow_stage_types(self, registry):
+        registry.add_stage("maybe", params=NoParams, inputs={"x": Port("NUMBER", optional=True)},
+                           outputs={"out": "NUMBER"}, run=maybe)
         registry.add_stage("half", params=NoParams, inputs={"x": "NUMBER"}, outputs={"out": "FRACTION"}, run=half)
         registry.add_stage("show", params=Name, inputs={"x": "FRACTION"}, output=True, run=write)
         registry.add_stage("number", params=Value, outputs={"out": "NUMBER"}, run=number)
@@ -301,3 +307,9 @@ def test_an_output_records_the_recipe_the_stages_and_what_they_resolved(registry
         "x": "arithmetic.number 0", "h": "arithmetic.half 0", "show#1": "arithmetic.show 0"}
     versions = json.loads(metadata["sdflow.versions"])
     assert (versions["plugin arithmetic"], versions["numbers"]) == ("3.1", "1.0")
+
+
+def test_an_optional_input_left_out_reaches_the_run_function_as_none(registry, tmp_path):
+    text = 'sdflow 1\nx = number(value=3)\nm = maybe()\nn = maybe(x=x)\nwrite(x=m, name="m")\nwrite(x=n, name="n")\n'
+    Executor().run(graph_of(text, registry), RunOptions(output_dir=tmp_path))
+    assert ((tmp_path / "m.txt").read_text(), (tmp_path / "n.txt").read_text()) == ("-1", "3")

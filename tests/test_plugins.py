@@ -491,6 +491,36 @@ def test_a_plugins_settings_become_flags_and_variables(plugins, monkeypatch):
     assert "settings of plugin 'colours'" in help_text and "which colours to use ($SDFLOW_PALETTE)" in help_text
 
 
+def test_a_boolean_setting_is_turned_on_and_off_by_its_flag(plugins):
+    import argparse
+
+    from sdflow.settings import add_arguments, resolve
+
+    with registered(plugins) as registry:
+        parser = argparse.ArgumentParser()
+        add_arguments(parser, registry)
+        on = resolve(registry, parser.parse_args(["--allow-pickle"]), {})
+        off = resolve(registry, parser.parse_args(["--no-allow-pickle"]), {"SDFLOW_ALLOW_PICKLE": "1"})
+        from_env = resolve(registry, parser.parse_args([]), {"SDFLOW_ALLOW_PICKLE": "yes"})
+    assert (on["diffusion"].allow_pickle, off["diffusion"].allow_pickle, from_env["diffusion"].allow_pickle) == (
+        True, False, True)
+
+
+def test_a_setting_whose_variable_is_taken_is_a_problem(plugins):
+    class Models(BaseModel):
+        model_folders: tuple[Path, ...] = Field((), description="more folders", json_schema_extra={"env": "SDFLOW_MODELS"})
+
+    class Clash:
+        @hookimpl
+        def sdflow_settings(self, registry):
+            registry.add_settings(Models)
+
+    with registered(plugins, ("clash", Clash())) as registry:
+        pass
+    assert [str(p) for p in registry.problems] == [
+        "plugin 'clash': setting 'model_folders': $SDFLOW_MODELS is already a variable of 'diffusion'"]
+
+
 def test_a_setting_whose_flag_is_taken_is_a_problem(plugins):
     class Device(BaseModel):
         device: str = Field("tpu", description="another device")
@@ -531,6 +561,11 @@ def test_strict_plugins_makes_a_broken_plugin_an_error(broken_plugin_folder):
     result = sdflow_cli("--strict-plugins", "check", "examples/txt2img.sdflow", pythonpath=broken_plugin_folder)
     assert result.returncode == 1
     assert result.stderr == f"sdflow: error: plugin 'broken': {BROKEN}\n"
+
+
+def test_strict_plugins_may_follow_the_command(broken_plugin_folder):
+    result = sdflow_cli("check", "--strict-plugins", "examples/txt2img.sdflow", pythonpath=broken_plugin_folder)
+    assert (result.returncode, result.stderr) == (1, f"sdflow: error: plugin 'broken': {BROKEN}\n")
 
 
 def test_tracing_logs_every_hook_call():

@@ -232,3 +232,11 @@ def test_progress_bars_on_a_terminal_and_quiet_when_piped(recipe, models, tmp_pa
     text = screen.decode()
     assert "ckpt (load_checkpoint) done in" in text
     assert "denoised (steps)" in text and "3/3" in text
+
+
+def test_explain_says_why_each_stage_ran(recipe, models, tmp_path, capsys):
+    assert run(recipe, models, tmp_path, "--explain") == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("ckpt (load_checkpoint) [")
+    assert lines[0].endswith("]: ran: first run of this stage in this process")
+    assert lines[-1].endswith("]: ran: output stages always run")

@@ -1,9 +1,11 @@
 """The model families sdflow ships configs for, and telling them apart.
 
 A single-file checkpoint carries weights but no config, so each supported
-family ships as package data: ``families/<name>/`` is a diffusers-style
+family ships as package data: ``configs/<name>/`` is a diffusers-style
 config tree (``model_index.json``, ``unet/config.json``, ...; no weights, no
-tokenizer) plus ``family.json`` (kind, prediction type, description).
+tokenizer) plus ``family.json`` (kind, prediction type, description).  What a
+kind is (its text encoders, its conditioning) is described once, in
+:mod:`.architectures`; adding a family of a known kind is adding a folder.
 
 :func:`detect_family` names the family of a state dict from its keys AND
 shapes: from each family's configs it derives every tensor a checkpoint of
