@@ -121,6 +121,63 @@ def test_a_different_architecture_is_named_with_what_differs():
     assert "sdxl-base" in err.value.help and "tiny" not in err.value.help
 
 
+# Distilled models: a U-Net config read off the file ------------------------------------------
+
+DISTILLED = {
+    # BK-SDM-like: SD 1.x with more layers per block and no middle block
+    "sd1": dict(layers_per_block=2, mid_block_type=None),
+    # SSD-1B-like: SDXL with up blocks deeper in some layers than their down blocks
+    "sdxl": dict(layers_per_block=2, transformer_layers_per_block=[1, 2],
+                 reverse_transformer_layers_per_block=[[2, 1, 3], [1, 1, 1]]),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(DISTILLED))
+def test_a_distilled_unet_loads_with_a_config_read_off_its_shapes(kind, tmp_path):
+    import diffusers
+
+    from sdflow_diffusion.models.families import family_dir, read_json
+    from sdflow_diffusion.numerics.encode import encode_text
+    from sdflow_diffusion.numerics.sampling import empty_latent, sample
+    from sdflow_diffusion.stages.sample import Sample
+
+    components = tiny_components(kind, seed=3)
+    config = {**read_json(family_dir(TINY_FAMILY[kind]) / "unet" / "config.json"), **DISTILLED[kind]}
+    torch.manual_seed(0)
+    components["unet"] = diffusers.UNet2DConditionModel.from_config(config).eval()
+    path = save_single_file(components, tmp_path / f"distilled-{kind}.safetensors")
+    model, clip, vae = load_checkpoint(path, CPU)
+    assert model.family.name == TINY_FAMILY[kind]
+    assert_same_weights(originals(components), weights_of(model, clip, vae))
+    for key in DISTILLED[kind]:
+        assert model.unet.config[key] == components["unet"].config[key], key
+    latent = sample(model, encode_text(clip, "a cat"), encode_text(clip, ""), empty_latent(32, 32, 1),
+                    Sample(seed=1, steps=2, cfg=5.0))
+    assert latent.samples.shape == (1, 4, 4, 4) and torch.isfinite(latent.samples).all()
+
+
+@pytest.mark.parametrize("name", ["sd15", "sd21-v", "sdxl-base", "sd1-tiny", "sdxl-tiny"])
+def test_the_config_read_off_a_familys_own_shapes_builds_its_unet(name):
+    """Read off a family's own shapes, the inferred config gives that very
+    U-Net back, tensor for tensor: how distilled files are proved."""
+    from sdflow_diffusion.models.families import _inferred_unet
+
+    shapes = dict(expected_shapes(name))
+    assert _inferred_unet(name, shapes) is not None
+
+
+def test_a_unet_that_is_no_distillation_is_still_refused(tiny, tmp_path):
+    from safetensors import safe_open
+
+    with safe_open(str(tiny["sd1"][1]), framework="pt") as handle:
+        state = {k: handle.get_tensor(k) for k in handle.keys()}
+    del state["model.diffusion_model.output_blocks.1.0.in_layers.0.weight"]  # a layer half gone
+    path = tmp_path / "broken.safetensors"
+    save_file(state, str(path))
+    with pytest.raises(StageError, match="unsupported Stable Diffusion checkpoint: 1 tensor differs from sd1-tiny"):
+        load_checkpoint(path, CPU)
+
+
 def test_a_checkpoint_without_its_vae_says_so():
     shapes = {k: v for k, v in expected_shapes("sdxl-base").items() if not k.startswith("first_stage_model.")}
     with pytest.raises(StageError, match=r"it has no VAE \(first_stage_model\.\*\) weights"):

@@ -128,13 +128,26 @@ def detect_kind(keys: Any) -> str | None:
 
 
 def detect_family(keys_and_shapes: Mapping[str, Any], prediction: str | None = None) -> str:
-    """The shipped family whose tensors ``keys_and_shapes`` holds, by name.
+    """The shipped family whose tensors ``keys_and_shapes`` holds, by name
+    (see :func:`detect`)."""
+    return detect(keys_and_shapes, prediction)[0]
+
+
+def detect(keys_and_shapes: Mapping[str, Any], prediction: str | None = None) -> tuple[str, dict | None]:
+    """The shipped family whose tensors ``keys_and_shapes`` holds, and the
+    U-Net config to load it with when the file's U-Net is not the family's
+    own (None when it is).
 
     ``keys_and_shapes`` maps each key of the state dict to its shape (or to
     a tensor, meta tensors included).  When shapes cannot tell two families
     apart (SD 2.x 512-base and 768-v differ only in training), the one whose
     prediction type is ``prediction`` wins, else the one marked "preferred".
-    Raises StageError naming what was found when nothing matches.
+    A file whose VAE and text encoders are a family's but whose U-Net is
+    deeper, shallower or narrower (a distilled model: SSD-1B, Vega, BK-SDM)
+    is that family with a U-Net config read off its shapes
+    (:mod:`.infer`), once every U-Net tensor is proved to have the shape
+    that config gives.  Raises StageError naming what was found when
+    nothing matches.
     """
     shapes = {key: tuple(getattr(value, "shape", value)) for key, value in keys_and_shapes.items()}
     if not any(key.startswith("model.diffusion_model.") for key in shapes):
@@ -149,14 +162,50 @@ def detect_family(keys_and_shapes: Mapping[str, Any], prediction: str | None = N
     # models need not be built to compare every tensor (building costs ~1 s).
     candidates = [n for n in candidates if _plausible(n, shapes)] or candidates
     problems = {name: _differences(expected_shapes(name), shapes) for name in candidates}
-    matches = [name for name in candidates if not problems[name]]
-    if not matches:
-        raise _no_match(shapes, problems)
-    if len(matches) > 1:
-        by_prediction = [n for n in matches if family_info(n)["prediction_type"] == prediction]
-        preferred = [n for n in matches if family_info(n).get("preferred")]
-        matches = by_prediction or preferred or matches
-    return matches[0]
+    matches = _ranked([name for name in candidates if not problems[name]], prediction)
+    if matches:
+        return matches[0], None
+    for name in _ranked([n for n in candidates if _only_unet_differs(problems[n])], prediction):
+        config = _inferred_unet(name, shapes)
+        if config is not None:
+            return name, config
+    raise _no_match(shapes, problems)
+
+
+def _ranked(names: list[str], prediction: str | None) -> list[str]:
+    """When shapes cannot tell families apart (SD 2.x 512-base and 768-v
+    differ only in training), the one whose prediction type is
+    ``prediction`` first, else the one marked "preferred"."""
+    return sorted(names, key=lambda n: (family_info(n)["prediction_type"] != prediction,
+                                        not family_info(n).get("preferred"), n))
+
+
+def _only_unet_differs(differences: list[tuple[str, Any, Any]]) -> bool:
+    return bool(differences) and all(key.startswith("model.diffusion_model.") for key, _, _ in differences)
+
+
+def _inferred_unet(name: str, shapes: dict[str, tuple]) -> dict[str, Any] | None:
+    """A U-Net config for family ``name`` read off ``shapes``, if every U-Net
+    tensor of the file has the shape the config gives (and no more)."""
+    import diffusers
+    import torch
+
+    from sdflow_diffusion.models.infer import infer_unet_config
+    from sdflow_diffusion.models.ldm_layout import UNET, unet_to_original
+
+    base = _unet_config(name)
+    config = infer_unet_config(shapes, base)
+    if config is None or (config["in_channels"], config["out_channels"]) != (
+            base.get("in_channels", 4), base.get("out_channels", 4)):
+        return None  # an inpainting or other U-Net of another input: not a distillation
+    try:
+        with torch.device("meta"):
+            unet = diffusers.UNet2DConditionModel.from_config(config)
+        expected = {UNET + k: tuple(v.shape) for k, v in unet_to_original(unet.state_dict(), unet.config).items()}
+    except (ValueError, TypeError, KeyError, AssertionError):  # a structure diffusers cannot build
+        return None
+    found = {k: v for k, v in shapes.items() if k.startswith(UNET)}
+    return config if found == expected else None
 
 
 @functools.cache

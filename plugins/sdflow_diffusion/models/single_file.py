@@ -27,7 +27,7 @@ BROKEN_HELP = ("the file is damaged or incomplete (an interrupted download?): do
 
 def load_single_file(path: Path, settings: DiffusionSettings, prediction: str, dtype: Any) -> tuple[dict[str, Any], Any]:
     """The components and :class:`Family` of the checkpoint file ``path``."""
-    from sdflow_diffusion.models.families import detect_family, detect_kind, family_handle
+    from sdflow_diffusion.models.families import detect, detect_kind, family_handle
 
     state = None
     if path.suffix.lower() in PICKLE_SUFFIXES:
@@ -36,12 +36,12 @@ def load_single_file(path: Path, settings: DiffusionSettings, prediction: str, d
     else:
         shapes, metadata = _read_header(path)
     chosen = resolve_prediction(prediction, shapes, metadata, path, detect_kind(shapes))
-    name = detect_family(shapes, chosen)
+    name, unet_config = detect(shapes, chosen)
     if state is None:
         state = _read_safetensors(path)
     scheduler = {"rescale_betas_zero_snr": True} if "ztsnr" in shapes else {}
     family = family_handle(name, chosen, scheduler_overrides=scheduler)
-    return convert(state, name, dtype), family
+    return convert(state, name, dtype, unet_config), family
 
 
 def resolve_prediction(prediction: str, keys: Any, metadata: dict[str, str], path: Path,
@@ -74,10 +74,12 @@ def resolve_prediction(prediction: str, keys: Any, metadata: dict[str, str], pat
     return None
 
 
-def convert(state: dict[str, Any], name: str, dtype: Any) -> dict[str, Any]:
+def convert(state: dict[str, Any], name: str, dtype: Any, unet_config: dict[str, Any] | None = None) -> dict[str, Any]:
     """Components of family ``name`` from an original-layout state dict,
     converted by diffusers (the same functions its pipelines'
-    ``from_single_file`` uses), in ``dtype``."""
+    ``from_single_file`` uses), in ``dtype``; with ``unet_config`` (a
+    distilled U-Net's, read off its shapes) the U-Net is built from it and
+    its tensors renamed into place instead."""
     import diffusers
     import transformers
     from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
@@ -91,8 +93,9 @@ def convert(state: dict[str, Any], name: str, dtype: Any) -> dict[str, Any]:
     vae_config = read_json(folder / "vae" / "config.json")
     with quiet(), _no_random_init():
         components = {
-            "unet": diffusers.UNet2DConditionModel.from_single_file(state, subfolder="unet", torch_dtype=dtype,
-                                                                    **common),
+            "unet": (_unet_from_config(state, unet_config, dtype) if unet_config is not None else
+                     diffusers.UNet2DConditionModel.from_single_file(state, subfolder="unet", torch_dtype=dtype,
+                                                                     **common)),
             "vae": diffusers.AutoencoderKL.from_single_file(state, subfolder="vae",
                                                             torch_dtype=vae_dtype(vae_config, dtype), **common),
         }
@@ -103,6 +106,21 @@ def convert(state: dict[str, Any], name: str, dtype: Any) -> dict[str, Any]:
                 model_class, state, subfolder=encoder, torch_dtype=dtype, **common)
             components[encoder.replace("text_encoder", "tokenizer")] = clip_tokenizer(text_encoder.pad)
     return components
+
+
+def _unet_from_config(state: dict[str, Any], config: dict[str, Any], dtype: Any):
+    """A U-Net built on the meta device from ``config`` and given the file's
+    tensors (every one: ``strict``), in ``dtype``."""
+    import diffusers
+    import torch
+
+    from sdflow_diffusion.models.infer import unet_from_original
+
+    with torch.device("meta"):
+        unet = diffusers.UNet2DConditionModel.from_config(config)
+    weights = {key: value.to(dtype) for key, value in unet_from_original(state, unet.config).items()}
+    unet.load_state_dict(weights, strict=True, assign=True)
+    return unet.eval()
 
 
 @contextlib.contextmanager
