@@ -30,7 +30,7 @@ from sdflow_diffusion.testing import (  # noqa: E402
 from sdflow_diffusion.models.tokenizer import clip_tokenizer  # noqa: E402
 
 CPU = DiffusionSettings(device="cpu")
-KINDS = ("sd1", "sd2", "sdxl")
+KINDS = ("sd1", "sd2", "sdxl", "sdxl-refiner")
 
 
 @pytest.fixture(scope="module")
@@ -89,9 +89,20 @@ def test_real_families_expect_the_real_files_tensors(name, count, key, shape):
     assert len(shapes) == count and shapes[key] == shape
 
 
-@pytest.mark.parametrize("name", ["sd15", "sdxl-base", "sd1-tiny", "sd2-tiny", "sdxl-tiny"])
+@pytest.mark.parametrize("name", ["sd15", "sdxl-base", "sdxl-refiner", "sd1-tiny", "sd2-tiny", "sdxl-tiny",
+                                  "sdxl-refiner-tiny"])
 def test_each_family_is_told_apart_by_shape(name):
     assert detect_family(expected_shapes(name)) == name
+
+
+def test_the_refiner_expects_the_refiner_files_tensors():
+    # Stability's sd_xl_refiner.yaml: 384 channels (time embedding 4 x 384), ADM input 2560,
+    # context 1280 from OpenCLIP bigG alone, under conditioner.embedders.0.
+    shapes = expected_shapes("sdxl-refiner")
+    assert shapes["model.diffusion_model.label_emb.0.0.weight"] == (1536, 2560)
+    assert shapes["model.diffusion_model.input_blocks.4.1.transformer_blocks.3.attn2.to_k.weight"] == (768, 1280)
+    assert shapes["conditioner.embedders.0.model.text_projection"] == (1280, 1280)
+    assert not any(key.startswith("conditioner.embedders.1.") for key in shapes)
 
 
 def test_detection_reads_meta_tensors_too():
@@ -193,7 +204,7 @@ def test_single_file_round_trip_is_exact(tiny, kind):
     assert_same_weights(originals(components), weights_of(model, clip, vae))
     assert model.family.name == TINY_FAMILY[kind] == clip.family.name == vae.family.name
     assert [t.pad_token for t in clip.tokenizers] == [t.pad_token for t in
-                                                      (components["tokenizer"], components.get("tokenizer_2"))
+                                                      (components.get("tokenizer"), components.get("tokenizer_2"))
                                                       if t is not None]
     assert model.family.prediction_type == ("v_prediction" if kind == "sd2" else "epsilon")
 

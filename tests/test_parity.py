@@ -27,7 +27,7 @@ from sdflow_diffusion.numerics.sampling import (
     make_scheduler,
     sample,
 )
-from sdflow_diffusion.testing import tiny_components, tiny_handles
+from sdflow_diffusion.testing import make_pipeline, tiny_components, tiny_handles
 
 from sdflow.plugin import Interrupted, StageError
 from sdflow_diffusion.stages.sample import Sample
@@ -181,6 +181,24 @@ def test_image_i_of_a_batch_is_drawn_from_seed_plus_i():
         # 4 than of 2 U-Net inputs (and the VAE's for 2 images than for 1), so
         # the last bits differ (about 1e-5 after 4 steps).
         assert torch.allclose(batch[i], single, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m"])
+def test_the_sdxl_refiner_is_the_img2img_pipelines_refinement(sampler):
+    """The refiner (its OpenCLIP encoder alone, an aesthetic score among its
+    time ids) refining a latent at denoise 0.5 is diffusers' SDXL img2img
+    pipeline in its refiner configuration at strength 0.5."""
+    components, (model, clip, _) = tiny("sdxl-refiner")
+    assert len(clip.encoders) == 1 and model.family.kind == "sdxl-refiner"
+    start = torch.randn((1, 4, 4, 4), generator=torch.Generator().manual_seed(7))
+    mine = ours("sdxl-refiner", sampler=sampler, denoise=0.5, latent=Latent(start.clone()))
+    pipe = make_pipeline({**components, "scheduler": make_scheduler(model.family, sampler, "normal")},
+                         "StableDiffusionXLImg2ImgPipeline")
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(PROMPT, image=start.clone(), strength=0.5, negative_prompt=NEGATIVE,
+                  num_inference_steps=2 * STEPS, guidance_scale=7.5,
+                  generator=[torch.Generator("cpu").manual_seed(SEED)], output_type="np").images
+    assert_same_image(mine, torch.from_numpy(images))
 
 
 @pytest.mark.parametrize(("sampler", "scheduler"), [("euler", "normal"), ("euler_ancestral", "normal"),

@@ -47,7 +47,7 @@ def models(tmp_path_factory):
     """A ComfyUI-style models folder with tiny checkpoints of every family."""
     root = tmp_path_factory.mktemp("models")
     folder = root / "checkpoints"
-    for kind in ("sd1", "sd2", "sdxl"):
+    for kind in ("sd1", "sd2", "sdxl", "sdxl-refiner"):
         tiny_checkpoint(folder, kind, layout="single")
         tiny_checkpoint(folder, kind, layout="diffusers")
     return root
@@ -97,7 +97,8 @@ def test_a_second_run_never_overwrites(recipe, models, tmp_path):
 
 
 @pytest.mark.parametrize("checkpoint", ["tiny-sd2.safetensors", "tiny-sdxl.safetensors",
-                                        "tiny-sd1", "tiny-sd2", "tiny-sdxl"])
+                                        "tiny-sdxl-refiner.safetensors", "tiny-sd1", "tiny-sd2", "tiny-sdxl",
+                                        "tiny-sdxl-refiner"])
 def test_every_family_and_layout_runs(checkpoint, recipe, models, tmp_path):
     assert run(recipe, models, tmp_path, "--set", f"checkpoint={checkpoint}") == 0
     (png,) = (tmp_path / "out").iterdir()
@@ -240,3 +241,33 @@ def test_explain_says_why_each_stage_ran(recipe, models, tmp_path, capsys):
     assert lines[0].startswith("ckpt (load_checkpoint) [")
     assert lines[0].endswith("]: ran: first run of this stage in this process")
     assert lines[-1].endswith("]: ran: output stages always run")
+
+
+REFINED = """\
+sdflow 1
+
+base = load_checkpoint(name="tiny-sdxl.safetensors")
+refiner = load_checkpoint(name="tiny-sdxl-refiner.safetensors")
+positive = clip_text_encode(clip=base.clip, text="a lighthouse at dusk")
+negative = clip_text_encode(clip=base.clip, text="blurry")
+refiner_positive = clip_text_encode(clip=refiner.clip, text="a lighthouse at dusk")
+refiner_negative = clip_text_encode(clip=refiner.clip, text="blurry")
+latent = empty_latent(width=32, height=32)
+drawn = sample(model=base.model, positive=positive, negative=negative, latent=latent, seed=1, steps=4)
+refined = sample(model=refiner.model, positive=refiner_positive, negative=refiner_negative, latent=drawn,
+                 seed=1, steps=2, denoise=0.3)
+save_image(image=vae_decode(vae=refiner.vae, latent=refined), prefix="refined")
+""".replace("save_image(image=vae_decode(vae=refiner.vae, latent=refined)",
+            "image = vae_decode(vae=refiner.vae, latent=refined)\nsave_image(image=image")
+
+
+def test_sdxl_base_then_refiner_as_comfyui_draws_them(models, tmp_path, capsys):
+    path = tmp_path / "refined.sdflow"
+    path.write_text(REFINED)
+    assert run(path, models, tmp_path) == 0
+    (png,) = (tmp_path / "out").iterdir()
+    text = read_png_text(png)
+    assert set(json.loads(text["models"])) == {"tiny-sdxl.safetensors", "tiny-sdxl-refiner.safetensors"}
+    path.write_text(REFINED.replace("clip=refiner.clip", "clip=base.clip"))
+    assert run(path, models, tmp_path) == 1
+    assert "E601 the prompts were encoded for another model" in capsys.readouterr().err

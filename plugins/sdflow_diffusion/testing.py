@@ -20,8 +20,8 @@ from typing import Any, Literal
 
 from sdflow_diffusion.models.families import family_dir
 
-Kind = Literal["sd1", "sd2", "sdxl"]
-TINY_FAMILY = {"sd1": "sd1-tiny", "sd2": "sd2-tiny", "sdxl": "sdxl-tiny"}
+Kind = Literal["sd1", "sd2", "sdxl", "sdxl-refiner"]
+TINY_FAMILY = {"sd1": "sd1-tiny", "sd2": "sd2-tiny", "sdxl": "sdxl-tiny", "sdxl-refiner": "sdxl-refiner-tiny"}
 
 
 def tiny_components(kind: Kind, seed: int = 0) -> dict[str, Any]:
@@ -81,17 +81,30 @@ def save_diffusers(components: dict[str, Any], folder: Path) -> Path:
     one subfolder per component, weights as safetensors)."""
     from sdflow_diffusion.models.common import quiet
 
+    from sdflow_diffusion.models.architectures import architecture
+    from sdflow_diffusion.models.ldm_layout import infer_kind
+
     folder = Path(folder)
     with quiet():  # importing the pipelines makes transformers talk about image processors
-        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-        if "text_encoder_2" in components:
-            pipeline = StableDiffusionXLPipeline(**components)
-        else:
-            pipeline = StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None,
-                                               requires_safety_checker=False)
+        pipeline = make_pipeline(components, architecture(infer_kind(components)).pipeline)
         pipeline.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def make_pipeline(components: dict[str, Any], class_name: str):
+    """The diffusers pipeline ``class_name`` around ``components`` (the
+    parts a kind lacks given as None, no safety checker)."""
+    import diffusers
+
+    cls = getattr(diffusers, class_name)
+    parts = {name: components.get(name) for name in ("unet", "vae", "scheduler", "text_encoder", "tokenizer",
+                                                     "text_encoder_2", "tokenizer_2")}
+    if class_name.startswith("StableDiffusionXL"):
+        extra = {"requires_aesthetics_score": True, "force_zeros_for_empty_prompt": False} \
+            if "Img2Img" in class_name else {}
+        return cls(**parts, **extra)
+    parts = {k: v for k, v in parts.items() if not k.endswith("_2")}
+    return cls(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
 
 def tiny_checkpoint(folder: Path, kind: Kind, layout: Literal["single", "diffusers"] = "single",

@@ -46,7 +46,10 @@ class Architecture:
     """A kind of Stable Diffusion.
 
     ``added_conditions``: what the U-Net takes besides the text ("text_time":
-    SDXL's pooled text embedding and its size and crop micro-conditioning);
+    SDXL's pooled text embedding and its size and crop micro-conditioning;
+    "text_time_aesthetic": the refiner's, with an aesthetic score in place
+    of the target size); ``pipeline``: the diffusers pipeline class a
+    folder of it is saved with;
     ``prediction_by_name``: its files rarely say what they predict, and
     Stability's names do (SD 2.x: "512" or "base" means epsilon, anything
     else v-prediction).
@@ -55,8 +58,9 @@ class Architecture:
     kind: str
     description: str
     text_encoders: tuple[TextEncoder, ...]
-    added_conditions: Literal["text_time"] | None = None
+    added_conditions: Literal["text_time", "text_time_aesthetic"] | None = None
     prediction_by_name: bool = False
+    pipeline: str = "StableDiffusionPipeline"
 
     @property
     def pads(self) -> tuple[str, ...]:
@@ -77,6 +81,14 @@ ARCHITECTURES: dict[str, Architecture] = {
          TextEncoder("text_encoder_2", "conditioner.embedders.1.model.", hidden_layer=-2, pooled=True,
                      **_OPEN_CLIP)),
         added_conditions="text_time",
+        pipeline="StableDiffusionXLPipeline",
+    ),
+    "sdxl-refiner": Architecture(
+        "sdxl-refiner", "Stable Diffusion XL refiner",
+        (TextEncoder("text_encoder_2", "conditioner.embedders.0.model.", hidden_layer=-2, pooled=True,
+                     **_OPEN_CLIP),),
+        added_conditions="text_time_aesthetic",
+        pipeline="StableDiffusionXLImg2ImgPipeline",
     ),
     "sd2": Architecture(
         "sd2", "Stable Diffusion 2.x",
@@ -100,11 +112,12 @@ def kind_of_keys(keys) -> str | None:
     return next((kind for kind, arch in ARCHITECTURES.items() if arch.holds(keys)), None)
 
 
-def kind_of_folder(subfolders: set[str], first_activation: str | None) -> str | None:
-    """The kind of a diffusers folder, from the text encoder subfolders its
-    ``model_index.json`` lists and the first encoder's activation."""
+def kind_of_folder(subfolders: set[str], activation_of) -> str | None:
+    """The kind of a diffusers folder (or of components), from the text
+    encoder subfolders it has and ``activation_of(subfolder)``, the
+    activation its first encoder's config names."""
     for kind, arch in ARCHITECTURES.items():
-        if {e.subfolder for e in arch.text_encoders} == subfolders \
-                and arch.text_encoders[0].activation == first_activation:
+        first = arch.text_encoders[0]
+        if {e.subfolder for e in arch.text_encoders} == subfolders and activation_of(first.subfolder) == first.activation:
             return kind
     return None

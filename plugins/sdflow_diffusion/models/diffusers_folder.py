@@ -77,14 +77,17 @@ def _kind(folder: Path, index: dict[str, Any]) -> str:
     """The kind of the folder, from its text encoders: which subfolders
     (SDXL has two) and what the first one is (SD 2.x's OpenCLIP uses GELU,
     SD 1.x's OpenAI CLIP quick GELU)."""
-    encoders = {name for name in index if name.startswith("text_encoder")}
-    config_file = folder / "text_encoder" / "config.json"
-    activation = json.loads(config_file.read_text(encoding="utf-8")).get("hidden_act") \
-        if config_file.is_file() else None
+    encoders = {name for name, entry in index.items() if name.startswith("text_encoder") and entry
+                and entry[0] is not None}
+
+    def activation(subfolder: str) -> str | None:
+        config_file = folder / subfolder / "config.json"
+        return json.loads(config_file.read_text(encoding="utf-8")).get("hidden_act") if config_file.is_file() else None
+
     kind = kind_of_folder(encoders, activation)
     if kind is None:
         raise StageError(f"'{folder}' is not a Stable Diffusion model sdflow knows: its text encoders are "
-                         f"{sorted(encoders)} ({activation})",
+                         f"{sorted(encoders)}",
                          help="load_checkpoint reads SD 1.x, SD 2.x and SDXL diffusers folders")
     return kind
 

@@ -36,8 +36,8 @@ _OPEN_CLIP_LAYER = (("layer_norm1.", "ln_1."), ("layer_norm2.", "ln_2."), ("self
 def infer_kind(components: dict[str, Any]) -> str:
     """The kind whose text encoders ``components`` has (by subfolder name
     and the first encoder's activation)."""
-    encoders = {name for name in components if name.startswith("text_encoder")}
-    kind = kind_of_folder(encoders, components["text_encoder"].config.hidden_act)
+    encoders = {name for name, part in components.items() if name.startswith("text_encoder") and part is not None}
+    kind = kind_of_folder(encoders, lambda name: components[name].config.hidden_act)
     if kind is None:
         raise ValueError(f"no known kind of Stable Diffusion has text encoders {sorted(encoders)}")
     return kind

@@ -35,6 +35,7 @@ from sdflow_diffusion.numerics.sampler_table import scheduler_options, supported
 LATENT_CHANNELS = 4
 LATENT_FACTOR = 8  # pixels per latent cell in every supported family
 MAX_SCHEDULE = 10_000
+AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE = 6.0, 2.5  # the SDXL refiner's, as diffusers sets them
 
 
 def empty_latent(width: int, height: int, batch: int) -> Latent:
@@ -164,18 +165,27 @@ def _conditioning(model: ModelHandle, positive: Conditioning, negative: Conditio
         pos, neg = _common_length(pos, neg)
     parts = [neg, pos] if guided else [pos]
     context = torch.cat([p.to(model.device, model.dtype).expand(batch, -1, -1) for p in parts])
-    if model.family.architecture.added_conditions != "text_time":
+    added_conditions = model.family.architecture.added_conditions
+    if added_conditions is None:
         return context, None
     pooled = [negative.pooled, positive.pooled] if guided else [positive.pooled]
     if any(p is None for p in pooled):
-        raise StageError("an SDXL model needs SDXL conditioning (with a pooled embedding)",
+        raise StageError(f"{model.family.architecture.description} needs prompts encoded by its own CLIP "
+                         "(with a pooled embedding)",
                          "encode the prompts with the same checkpoint's clip")
     text_embeds = torch.cat([p.to(model.device, model.dtype).expand(batch, -1) for p in pooled])
-    # SDXL's micro-conditioning: original size = target size = the image size, crop (0, 0).
+    # SDXL's micro-conditioning: original size = target size = the image size, crop (0, 0);
+    # the refiner's has an aesthetic score where the target size was (diffusers'
+    # defaults: 6 for the prompt, 2.5 for the negative).
     factor = model.family.vae_scale_factor
     height, width = shape[-2] * factor, shape[-1] * factor
-    time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=model.dtype, device=model.device)
-    return context, {"text_embeds": text_embeds, "time_ids": time_ids.repeat(len(text_embeds), 1)}
+    if added_conditions == "text_time_aesthetic":
+        scores = [NEGATIVE_AESTHETIC_SCORE, AESTHETIC_SCORE] if guided else [AESTHETIC_SCORE]
+        rows = [[height, width, 0, 0, score] for score in scores for _ in range(batch)]
+    else:
+        rows = [[height, width, 0, 0, height, width]] * len(text_embeds)
+    time_ids = torch.tensor(rows, dtype=model.dtype, device=model.device)
+    return context, {"text_embeds": text_embeds, "time_ids": time_ids}
 
 
 def _common_length(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
