@@ -89,8 +89,8 @@ def test_real_families_expect_the_real_files_tensors(name, count, key, shape):
     assert len(shapes) == count and shapes[key] == shape
 
 
-@pytest.mark.parametrize("name", ["sd15", "sdxl-base", "sdxl-refiner", "sd1-tiny", "sd2-tiny", "sdxl-tiny",
-                                  "sdxl-refiner-tiny"])
+@pytest.mark.parametrize("name", ["sd15", "sdxl-base", "sdxl-refiner", "sd15-inpaint", "sdxl-inpaint",
+                                  "sd1-tiny", "sd2-tiny", "sdxl-tiny", "sdxl-refiner-tiny", "sd1-inpaint-tiny"])
 def test_each_family_is_told_apart_by_shape(name):
     assert detect_family(expected_shapes(name)) == name
 
@@ -123,12 +123,12 @@ def test_sd2_shapes_are_v_prediction_unless_told_otherwise():
 
 def test_a_different_architecture_is_named_with_what_differs():
     shapes = dict(expected_shapes("sd15"))
-    shapes["model.diffusion_model.input_blocks.0.0.weight"] = (320, 9, 3, 3)  # an inpainting model
+    shapes["model.diffusion_model.input_blocks.0.0.weight"] = (320, 8, 3, 3)  # an instruct-pix2pix model
     with pytest.raises(StageError) as err:
         detect_family(shapes)
     assert err.value.message == (
         "unsupported Stable Diffusion checkpoint: 1 tensor differs from sd15 (Stable Diffusion 1.x (512 px)), "
-        "e.g. model.diffusion_model.input_blocks.0.0.weight is [320, 9, 3, 3], expected [320, 4, 3, 3]")
+        "e.g. model.diffusion_model.input_blocks.0.0.weight is [320, 8, 3, 3], expected [320, 4, 3, 3]")
     assert "sdxl-base" in err.value.help and "tiny" not in err.value.help
 
 
@@ -436,3 +436,18 @@ def test_loading_prints_nothing_and_needs_no_network(tiny):
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert (run.returncode, run.stdout, run.stderr) == (0, "", "")
+
+
+def test_an_inpainting_checkpoint_is_its_familys_variant_and_sampling_says_what_it_lacks(tmp_path):
+    from sdflow_diffusion.numerics.encode import encode_text
+    from sdflow_diffusion.numerics.sampling import empty_latent, sample
+    from sdflow_diffusion.stages.sample import Sample
+
+    assert detect_family(expected_shapes("sd2-inpaint"), "epsilon") == "sd2-inpaint"
+    components = tiny_components("sd1", seed=2, family="sd1-inpaint-tiny")
+    path = save_single_file(components, tmp_path / "512-inpainting.safetensors")
+    model, clip, _ = load_checkpoint(path, CPU)
+    assert (model.family.name, model.family.variant, model.unet.config.in_channels) == (
+        "sd1-inpaint-tiny", "inpainting", 9)
+    with pytest.raises(StageError, match="'sd1-inpaint-tiny' is an inpainting checkpoint"):
+        sample(model, encode_text(clip, "a cat"), encode_text(clip, ""), empty_latent(32, 32, 1), Sample(steps=1))

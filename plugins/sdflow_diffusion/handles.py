@@ -32,6 +32,8 @@ class Family:
     vae_scaling_factor: float
     vae_shift_factor: float | None = None
     vae_scale_factor: int = 8  # pixels per latent cell, from the VAE's own config
+    description: str = ""
+    variant: str | None = None  # "inpainting": the U-Net also takes a mask and a masked image
 
     @property
     def architecture(self):

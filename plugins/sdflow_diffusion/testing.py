@@ -24,8 +24,9 @@ Kind = Literal["sd1", "sd2", "sdxl", "sdxl-refiner"]
 TINY_FAMILY = {"sd1": "sd1-tiny", "sd2": "sd2-tiny", "sdxl": "sdxl-tiny", "sdxl-refiner": "sdxl-refiner-tiny"}
 
 
-def tiny_components(kind: Kind, seed: int = 0) -> dict[str, Any]:
-    """The components of a tiny pipeline of ``kind``, deterministic in ``seed``.
+def tiny_components(kind: Kind, seed: int = 0, family: str | None = None) -> dict[str, Any]:
+    """The components of a tiny pipeline of ``kind``, deterministic in ``seed``
+    (of the tiny ``family`` of that kind when given, e.g. "sd1-inpaint-tiny").
 
     Keys: unet, vae, text_encoder, tokenizer, scheduler, and for SDXL also
     text_encoder_2 and tokenizer_2.  Every weight is drawn from a generator
@@ -39,7 +40,7 @@ def tiny_components(kind: Kind, seed: int = 0) -> dict[str, Any]:
     if kind not in TINY_FAMILY:
         raise ValueError(f"kind must be one of {sorted(TINY_FAMILY)}, not {kind!r}")
     with torch.random.fork_rng(devices=[]):  # leave the caller's global seed alone
-        components = build_components(family_dir(TINY_FAMILY[kind]), kind)
+        components = build_components(family_dir(family or TINY_FAMILY[kind]), kind)
     _randomize(components, seed)
     return components
 

@@ -68,7 +68,8 @@ def family_handle(name: str, prediction: str | None = None, folder: Path | None 
     return Family(name=name, kind=info["kind"], prediction_type=prediction, scheduler_config=scheduler,
                   vae_scaling_factor=float(vae.get("scaling_factor", info["vae_scaling_factor"])),
                   vae_shift_factor=vae.get("shift_factor"),
-                  vae_scale_factor=2 ** (len(vae.get("block_out_channels", (0,) * 4)) - 1))
+                  vae_scale_factor=2 ** (len(vae.get("block_out_channels", (0,) * 4)) - 1),
+                  description=info.get("description", name), variant=info.get("variant"))
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -247,7 +248,7 @@ def _no_match(shapes: dict[str, tuple], problems: dict[str, list]) -> StageError
                           for n in family_names() if not family_info(n).get("tiny"))
     return StageError(
         f"unsupported Stable Diffusion checkpoint: {detail}",
-        help=f"load_checkpoint knows {supported}; inpainting, depth, refiner and "
+        help=f"load_checkpoint knows {supported}; depth, instruct-pix2pix and "
              "UNet-only files are not supported yet")
 
 

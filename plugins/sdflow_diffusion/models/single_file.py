@@ -52,7 +52,7 @@ def resolve_prediction(prediction: str, keys: Any, metadata: dict[str, str], pat
     (ComfyUI saves one in v-prediction checkpoints); the ModelSpec metadata
     (``modelspec.prediction_type``, or an architecture ending in ``-v``).
     SD 2.x files rarely say: their name decides, the way Stability named
-    them: "512" or "base" in it (``512-base-ema``, ``v2-1_512-ema-pruned``)
+    them: "512", "base" or "inpaint" in it (``512-base-ema``, ``v2-1_512-ema-pruned``)
     means the epsilon 512-base model, anything else the 768 v-prediction
     model (``768-v-ema``, ``v2-1_768-ema-pruned``) and most SD 2.x
     fine-tunes.  SD 1.x and SDXL are epsilon unless the file says otherwise.
@@ -70,7 +70,7 @@ def resolve_prediction(prediction: str, keys: Any, metadata: dict[str, str], pat
         return "v_prediction"
     if kind is not None and architecture(kind).prediction_by_name:
         name = path.name.lower()
-        return "epsilon" if re.search(r"512|base", name) else "v_prediction"
+        return "epsilon" if re.search(r"512|base|inpaint", name) else "v_prediction"
     return None
 
 

@@ -76,6 +76,11 @@ def sample(model: ModelHandle, positive: Conditioning, negative: Conditioning, l
     ``progress.step()`` is called once per step (it raises when interrupted).
     """
     seed, steps, cfg, denoise = params.seed, params.steps, params.cfg, params.denoise
+    if model.family.variant == "inpainting":
+        raise StageError(f"'{model.family.name}' is an inpainting checkpoint ({model.family.description}): "
+                         "its U-Net takes a mask and the masked image beside the latent, which sample "
+                         "cannot give it yet",
+                         "use the ordinary checkpoint of the same family to draw; inpainting stages are planned")
     if latent.noise_mask is not None:
         raise StageError("this sampler does not support a latent noise mask yet (inpainting)")
     if denoise <= 0:
