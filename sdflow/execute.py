@@ -238,8 +238,9 @@ class RunContext:
         stages = {k: f"{self._graph.nodes[k].spec.qualified} {self._graph.nodes[k].spec.version}" for k in keys}
         plugins = {self._graph.nodes[k].spec.plugin for k in keys}
         plugin_versions = {f"plugin {p}": self._executor.plugin_versions.get(p, "?") for p in sorted(plugins)}
+        paths = {label: str(path) for label, path in self._merged(self._executor.paths).items()}
         return output_metadata(recipe=self.recipe_text, recipe_file=self.recipe_file, params=self.params,
-                               files=self.upstream_identities(), stages=stages,
+                               files=self.upstream_identities(), paths=paths, stages=stages,
                                resolved=self.upstream_records(),
                                versions={**plugin_versions, **dict(versions or {})})
 

@@ -17,11 +17,12 @@ PREFIX = "sdflow."
 
 def output_metadata(*, recipe: str, recipe_file: str, params: Mapping[str, Any],
                     files: Mapping[str, str], stages: Mapping[str, str], resolved: Mapping[str, Any],
-                    versions: Mapping[str, str]) -> dict[str, str]:
+                    versions: Mapping[str, str], paths: Mapping[str, str] | None = None) -> dict[str, str]:
     """The text fields of an output, keyed ``sdflow.NAME``:
 
     ``recipe`` (its text), ``recipe_file``, ``params`` (as resolved, ``--set``
     included), ``models`` (each file a stage read: its label -> SHA-256),
+    ``paths`` (where each of those files was found),
     ``stages`` (each stage that led to the output: its type's full name and
     version), ``run`` (what the stages resolved: the device and dtype that
     ran...), ``versions`` (sdflow, Python, the plugins, and what the
@@ -34,6 +35,7 @@ def output_metadata(*, recipe: str, recipe_file: str, params: Mapping[str, Any],
         "recipe_file": recipe_file,
         "params": dict(params),
         "models": dict(files),
+        "paths": dict(paths or {}),
         "stages": dict(stages),
         "run": dict(resolved),
         "versions": {"sdflow": sdflow.__version__, "python": platform.python_version(), **versions},

@@ -82,6 +82,7 @@ def test_run_writes_a_png_that_carries_its_recipe(recipe, models, tmp_path, caps
     checkpoint = models / "checkpoints" / "tiny-sd1.safetensors"
     digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
     assert json.loads(text["models"]) == {"tiny-sd1.safetensors": digest}
+    assert json.loads(text["paths"]) == {"tiny-sd1.safetensors": str(checkpoint)}  # what the name found
     versions = json.loads(text["versions"])
     assert set(versions) == {"sdflow", "torch", "diffusers", "python", "plugin diffusion"}
     assert json.loads(text["run"]) == {"device": "cpu", "dtype": "fp32", "vae_dtype": "fp32"}  # what ran, not "auto"
