@@ -138,8 +138,10 @@ class RunContext:
     metadata an output file carries.
     """
 
-    def __init__(self, executor: Executor, graph: StageGraph, node: StageNode, options: RunOptions):
+    def __init__(self, executor: Executor, graph: StageGraph, node: StageNode, options: RunOptions,
+                 plugin: str | None = None):
         self._executor, self._graph, self._node, self._options = executor, graph, node, options
+        self._plugin = plugin or node.spec.plugin
         self.events = executor.events
 
     @property
@@ -155,7 +157,7 @@ class RunContext:
     @property
     def settings(self) -> Any:
         """The settings object of the stage's plugin (None if it has none)."""
-        return self._executor.settings_for(self._node.spec.plugin, self._options)
+        return self._executor.settings_for(self._plugin, self._options)
 
     @property
     def output_dir(self) -> Path:
@@ -177,6 +179,15 @@ class RunContext:
     def params(self) -> Mapping[str, Any]:
         """The recipe's params as resolved (defaults, then ``--set``)."""
         return dict(self._graph.params)
+
+    def call(self, stage_type: Any, params: Any, **inputs: Any) -> Mapping[str, Any]:
+        """Run another stage type's function (another plugin's, say) as part
+        of this stage, with a context that gives it its own plugin's
+        settings; everything else (progress, files, records) is this stage's.
+        ``stage_type`` is a registered :class:`~sdflow.stage.StageType`."""
+        plugin = getattr(stage_type, "plugin", None)
+        context = RunContext(self._executor, self._graph, self._node, self._options, plugin)
+        return stage_type.run(context, params, **inputs)
 
     def progress(self, total: int, what: str = "steps") -> Progress:
         """A counter for ``total`` steps of work; each ``step()`` reports

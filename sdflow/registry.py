@@ -247,6 +247,8 @@ class PluginRegistry:
                 self._problem(f"cannot import {getattr(source, '__name__', source)}: {_reason(exc)}")
                 return
         for declared in types:
+            if declared.plugin is None:
+                declared.plugin = self.plugin_name  # so that ctx.call gives it its own plugin's settings
             self.add_stage(declared.name, params=declared.params, inputs=declared.inputs,
                            outputs=declared.outputs, output=declared.output, version=declared.version,
                            doc=declared.doc, run=declared.run, identify=declared.identify)

@@ -55,6 +55,7 @@ class StageType:
     version: str | None = None
     doc: str = ""
     identify: Callable[..., Any] | None = None
+    plugin: str | None = None  # set when a plugin registers it
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the stage's function directly (for tests and other stages)."""

@@ -9,7 +9,7 @@ import json
 import pytest
 from pydantic import BaseModel, Field
 
-from sdflow import Port, hookimpl
+from sdflow import Port, hookimpl, stage
 from sdflow.cache import CacheStore
 from sdflow.execute import Events, Executor, Interrupted, RunError, RunOptions, StageError
 from sdflow.graph import check_source
@@ -87,6 +87,25 @@ class Precision(BaseModel):
     precision: int = setting(2, "decimal places of a fraction", flag="--precision")
 
 
+@stage(params=NoParams, inputs={"x": "NUMBER"}, outputs={"out": "FRACTION"})
+def tenth(ctx, params, x):
+    """A tenth, rounded as the arithmetic plugin's settings say."""
+    return {"out": round(x / 10, ctx.settings.precision)}
+
+
+def via_other(ctx, params, x):
+    return ctx.call(tenth, NoParams(), x=x)
+
+
+class Other:
+    """A plugin without settings whose stage runs the arithmetic plugin's."""
+
+    @hookimpl
+    def sdflow_stage_types(self, registry):
+        registry.add_stage("via_other", params=NoParams, inputs={"x": "NUMBER"}, outputs={"out": "FRACTION"},
+                           run=via_other)
+
+
 class Arithmetic:
     @hookimpl
     def sdflow_port_types(self, registry):
@@ -101,6 +120,7 @@ class Arithmetic:
     def sdflow_stage_types(self, registry):
         registry.add_stage("maybe", params=NoParams, inputs={"x": Port("NUMBER", optional=True)},
                            outputs={"out": "NUMBER"}, run=maybe)
+        registry.add_stages(tenth)
         registry.add_stage("half", params=NoParams, inputs={"x": "NUMBER"}, outputs={"out": "FRACTION"}, run=half)
         registry.add_stage("show", params=Name, inputs={"x": "FRACTION"}, output=True, run=write)
         registry.add_stage("number", params=Value, outputs={"out": "NUMBER"}, run=number)
@@ -120,7 +140,9 @@ class Arithmetic:
 def registry():
     pm, problems, versions = plugin_manager(entry_points=False)
     pm.register(Arithmetic(), name="arithmetic")
+    pm.register(Other(), name="other")
     yield build_registry(pm, problems, versions)
+    pm.unregister(name="other")
     pm.unregister(name="arithmetic")
 
 
@@ -313,3 +335,10 @@ def test_an_optional_input_left_out_reaches_the_run_function_as_none(registry, t
     text = 'sdflow 1\nx = number(value=3)\nm = maybe()\nn = maybe(x=x)\nwrite(x=m, name="m")\nwrite(x=n, name="n")\n'
     Executor().run(graph_of(text, registry), RunOptions(output_dir=tmp_path))
     assert ((tmp_path / "m.txt").read_text(), (tmp_path / "n.txt").read_text()) == ("-1", "3")
+
+
+def test_a_stage_that_calls_another_plugins_stage_gives_it_its_own_settings(registry, tmp_path):
+    text = 'sdflow 1\nx = number(value=7)\nt = via_other(x=x)\nshow(x=t, name="t")\n'
+    options = RunOptions(output_dir=tmp_path, settings={"arithmetic": Precision(precision=1)})
+    Executor().run(graph_of(text, registry), options)
+    assert (tmp_path / "t.txt").read_text() == "0.7"

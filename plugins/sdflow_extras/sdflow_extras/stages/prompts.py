@@ -47,7 +47,7 @@ def wildcard_encode(ctx, params: WildcardEncode, clip) -> dict:
 
     expansion = _expand(ctx, params)
     ctx.record(**{f"prompt {ctx.key}": expansion.text})
-    return clip_text_encode(ctx, ClipTextEncode(text=expansion.text), clip)
+    return ctx.call(clip_text_encode, ClipTextEncode(text=expansion.text), clip=clip)
 
 
 @wildcard_encode.identifies
