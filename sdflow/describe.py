@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import typing
 from dataclasses import dataclass
 
@@ -62,7 +63,10 @@ def _call_name(registry: Registry, spec: StageSpec) -> str:
 
 
 def _first_sentence(doc: str) -> str:
-    return doc.split(". ")[0].rstrip(".") if doc else ""
+    """The summary of a stage's docs: its first sentence (a full stop and a
+    capital after it end one; "e.g. x" does not)."""
+    first = re.split(r"(?<=[.!?])\s+(?=[A-Z])", doc.strip(), maxsplit=1)[0] if doc else ""
+    return first.split("\n\n")[0].rstrip(".")
 
 
 def stage_summary(registry: Registry) -> str:

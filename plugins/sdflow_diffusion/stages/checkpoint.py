@@ -30,7 +30,7 @@ class LoadCheckpoint(Params):
     },
 )
 def load_checkpoint(ctx, params: LoadCheckpoint) -> dict:
-    """Load a Stable Diffusion checkpoint (SD 1.x, SD 2.x or SDXL): a single
+    """Load a Stable Diffusion checkpoint (SD 1.x, SD 2.x, SDXL or the SDXL refiner): a single
     .safetensors file or a diffusers folder. ComfyUI: CheckpointLoaderSimple."""
     from sdflow_diffusion.models.load import load_checkpoint as load
     from sdflow_diffusion.models.device import dtype_name
