@@ -10,8 +10,9 @@ what :meth:`CacheKey.differences` compares to say why a stage ran again.
 The policy (:class:`CacheStore`):
 
 * a result whose outputs include a *persistent* port type (a model) stays
-  while the process may use it, up to ``max_persistent`` entries, the least
-  recently used dropped first (the memory bound);
+  while the process may use it, up to ``max_persistent`` entries and
+  ``max_bytes`` of memory (the tensors' own sizes, counted through whatever
+  holds them), the least recently used dropped first;
 * any other result lives only while the run that made it still has a stage
   that needs it, then it is dropped: a sweep over a hundred seeds keeps no
   hundred latents alive.
@@ -72,9 +73,11 @@ def _short(value: Any) -> str:
 class CacheStore:
     """Stage results by key digest, kept by the policy above."""
 
-    def __init__(self, max_persistent: int = 4) -> None:
+    def __init__(self, max_persistent: int = 4, max_bytes: int | None = None) -> None:
         self.max_persistent = max_persistent
+        self.max_bytes = max_bytes
         self._persistent: OrderedDict[str, Mapping[str, Any]] = OrderedDict()
+        self._sizes: dict[str, int] = {}
         self._run: dict[str, Mapping[str, Any]] = {}
 
     def get(self, digest: str) -> Mapping[str, Any] | None:
@@ -87,8 +90,12 @@ class CacheStore:
         if persistent:
             self._persistent[digest] = outputs
             self._persistent.move_to_end(digest)
-            while len(self._persistent) > self.max_persistent:
-                self._persistent.popitem(last=False)
+            self._sizes[digest] = nbytes(outputs) if self.max_bytes is not None else 0
+            # The newest entry stays even alone over the bound: a run is using it.
+            while len(self._persistent) > 1 and (len(self._persistent) > self.max_persistent or (
+                    self.max_bytes is not None and sum(self._sizes.values()) > self.max_bytes)):
+                dropped, _ = self._persistent.popitem(last=False)
+                self._sizes.pop(dropped, None)
         else:
             self._run[digest] = outputs
 
@@ -100,8 +107,45 @@ class CacheStore:
     def end_run(self) -> None:
         self._run.clear()
 
+    @property
+    def persistent_bytes(self) -> int:
+        return sum(self._sizes.values())
+
     def __contains__(self, digest: str) -> bool:
         return digest in self._persistent or digest in self._run
 
     def __len__(self) -> int:
         return len(self._persistent) + len(self._run)
+
+
+def nbytes(value: Any, _seen: set[int] | None = None, _depth: int = 0) -> int:
+    """The memory a value's tensors take, found without importing torch:
+    a module's parameters and buffers, an array's ``nbytes``, and what
+    dataclasses, mappings and sequences hold (each tensor counted once)."""
+    seen = set() if _seen is None else _seen
+    if id(value) in seen or _depth > 6 or value is None or isinstance(value, (str, bytes, int, float, bool)):
+        return 0
+    seen.add(id(value))
+    if callable(getattr(value, "parameters", None)) and callable(getattr(value, "buffers", None)):
+        return sum(_tensor_bytes(t, seen) for t in [*value.parameters(), *value.buffers()])
+    if hasattr(value, "element_size") and hasattr(value, "nelement"):
+        seen.discard(id(value))
+        return _tensor_bytes(value, seen)
+    if isinstance(getattr(value, "nbytes", None), int):
+        return value.nbytes
+    if isinstance(value, Mapping):
+        items = list(value.values())
+    elif isinstance(value, (list, tuple, set, frozenset)):
+        items = list(value)
+    elif hasattr(value, "__dataclass_fields__"):
+        items = [getattr(value, name) for name in value.__dataclass_fields__]
+    else:
+        return 0
+    return sum(nbytes(item, seen, _depth + 1) for item in items)
+
+
+def _tensor_bytes(tensor: Any, seen: set[int]) -> int:
+    if id(tensor) in seen:  # a tied weight: counted once
+        return 0
+    seen.add(id(tensor))
+    return int(tensor.element_size() * tensor.nelement())

@@ -342,3 +342,17 @@ def test_a_stage_that_calls_another_plugins_stage_gives_it_its_own_settings(regi
     options = RunOptions(output_dir=tmp_path, settings={"arithmetic": Precision(precision=1)})
     Executor().run(graph_of(text, registry), options)
     assert (tmp_path / "t.txt").read_text() == "0.7"
+
+
+def test_the_persistent_results_kept_are_bounded_by_their_memory_too():
+    import numpy as np
+    import torch
+
+    from sdflow.cache import nbytes
+
+    store = CacheStore(max_persistent=10, max_bytes=10_000)
+    store.put("a", {"model": np.zeros(1000)}, persistent=True)  # 8000 bytes
+    store.put("b", {"model": np.zeros(1000)}, persistent=True)
+    assert ("a" in store, "b" in store, store.persistent_bytes) == (False, True, 8000)
+    layer = torch.nn.Linear(10, 10)  # 110 float32 parameters, counted through what holds them
+    assert nbytes({"model": [layer, layer], "weight": layer.weight}) == 440
