@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    _STRICT[0] = args.strict_plugins or os.environ.get("SDFLOW_STRICT_PLUGINS", "") not in ("", "0")
+    _COMMAND.strict = args.strict_plugins or os.environ.get("SDFLOW_STRICT_PLUGINS", "") not in ("", "0")
+    _COMMAND.warned = False
     try:
         return args.handler(args)
     except _Usage as err:
@@ -139,27 +140,32 @@ def _read(path: str) -> str:
         raise _Usage(f"{path}: {err.strerror}") from None
 
 
-_WARNED: set[int] = set()
+class _Command:
+    """What one command line asked of the plugins: strict or not, and
+    whether their problems were shown yet (once per command)."""
+
+    strict = False
+    warned = False
 
 
-def _registry(quiet: bool = False, strict: bool | None = None):
+_COMMAND = _Command()
+
+
+def _registry(quiet: bool = False):
     """The registry of the installed plugins; its problems are warnings on
-    stderr (once), or with ``--strict-plugins`` errors that end the command."""
+    stderr (once a command), or with ``--strict-plugins`` errors that end
+    the command (exit 1)."""
     from sdflow.registry import default_registry
 
     registry = default_registry()
-    if quiet or id(registry) in _WARNED:
+    if quiet or _COMMAND.warned:
         return registry
-    _WARNED.add(id(registry))
-    strict = _STRICT[0] if strict is None else strict
+    _COMMAND.warned = True
     for problem in registry.problems:
-        print(f"sdflow: {'error' if strict else 'warning'}: {problem}", file=sys.stderr)
-    if strict and registry.problems:
+        print(f"sdflow: {'error' if _COMMAND.strict else 'warning'}: {problem}", file=sys.stderr)
+    if _COMMAND.strict and registry.problems:
         raise _PluginFailure()
     return registry
-
-
-_STRICT = [False]
 
 
 def _check_file(path: str, registry, overrides):
