@@ -12,11 +12,18 @@ For plugin authors and sdflow's own tests::
 The installed plugins (the built-in diffusion stages among them) are
 registered too, unless ``installed=False``; the plugin is gone again after
 the ``with`` block, whatever happened in it.
+
+The same as a pytest fixture (sdflow registers this module as a pytest
+plugin, so any project with sdflow installed has it)::
+
+    def test_blur(sdflow_plugins, tmp_path):
+        registry = sdflow_plugins(("blur", my_plugin))
+        run_recipe(RECIPE, registry, tmp_path)
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -24,7 +31,8 @@ from sdflow.execute import Executor, RunError, RunOptions, RunResult
 from sdflow.graph import check_source
 from sdflow.registry import Registry, build_registry, plugin_manager
 
-__all__ = ["Executor", "RunError", "RunOptions", "RunResult", "check_recipe", "registry_with", "run_recipe"]
+__all__ = ["Executor", "RunError", "RunOptions", "RunResult", "check_recipe", "registry_with", "run_recipe",
+           "sdflow_plugins"]
 
 
 @contextmanager
@@ -70,3 +78,19 @@ def run_recipe(text: str, registry: Registry, output_dir: Path, overrides: Mappi
     options = RunOptions(output_dir=Path(output_dir), settings=dict(settings or {}),
                          recipe_dir=None if recipe_dir is None else Path(recipe_dir))
     return (executor or Executor()).run(graph, options)
+
+
+try:  # the fixture, where pytest is there to use it
+    import pytest
+except ImportError:  # pragma: no cover - a plugin's own code may import this module without pytest
+    pytest = None
+
+if pytest is not None:
+
+    @pytest.fixture
+    def sdflow_plugins():
+        """Register plugins for one test: ``sdflow_plugins(("blur", module),
+        installed=False)`` returns the registry with them (see
+        :func:`registry_with`); they are unregistered when the test ends."""
+        with ExitStack() as stack:
+            yield lambda *plugins, installed=True: stack.enter_context(registry_with(*plugins, installed=installed))

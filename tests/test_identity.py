@@ -86,3 +86,9 @@ def test_a_plugin_registered_for_one_test_runs_a_recipe(tmp_path):
         result = run_recipe(recipe, registry, tmp_path)
     assert (tmp_path / "said.txt").read_text() == "HELLO"
     assert result.ran == ["loud", "say_it#1"]
+
+
+def test_the_pytest_fixture_registers_a_plugin_for_one_test(sdflow_plugins, tmp_path):
+    registry = sdflow_plugins(("shouting", Shouting()), installed=False)
+    result = run_recipe('sdflow 1\nloud = shout(text="hey")\nsay_it(text=loud)\n', registry, tmp_path)
+    assert (tmp_path / "said.txt").read_text() == "HEY" and result.ran == ["loud", "say_it#1"]
