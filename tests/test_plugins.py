@@ -667,3 +667,19 @@ def test_checking_a_recipe_never_imports_torch_diffusers_or_transformers():
                             capture_output=True, text=True, timeout=60)
     assert result.stderr == ""
     assert result.stdout == "[]\n"
+
+
+def test_unnamed_stages_keep_their_keys_through_sdflow_fmt(plugins):
+    from sdflow.format import format_recipe
+    from sdflow.parse import parse
+
+    source = (ROOT / "examples" / "two_images.sdflow").read_text(encoding="utf-8")
+    squeezed = source.replace("\n\n", "\n").replace("(\n    ", "(").replace(",\n    ", ", ")
+    recipe, _ = parse(squeezed, "two.sdflow")
+    formatted = format_recipe(recipe)
+    with registered(plugins) as registry:
+        _r, before, _d = check_source(squeezed, "two.sdflow", registry)
+        _r, after, _d = check_source(formatted, "two.sdflow", registry)
+    assert formatted != squeezed
+    assert list(before.nodes) == list(after.nodes)
+    assert [k for k in before.nodes if "#" in k]  # there are unnamed stages to keep

@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 class Family:
     """What a checkpoint is: its family and the settings that follow from it.
 
-    ``kind`` is "sd1", "sd2" or "sdxl"; ``name`` is the shipped config folder
+    ``kind`` is "sd1", "sd2", "sdxl" or "sdxl-refiner" (described in
+    :mod:`sdflow_diffusion.models.architectures`); ``name`` is the shipped config folder
     it was loaded with (e.g. "sd15", "sd21-v", "sdxl-base", "sd1-tiny").
     ``scheduler_config`` is the diffusers scheduler config of the family
     (prediction type, beta schedule, zero terminal SNR, timestep spacing),
