@@ -9,20 +9,6 @@ light.  A plugin imports what it needs from here or from
 
 __version__ = "0.1.0"
 
-from sdflow.plugin import (  # noqa: E402  (the version first: the engine's modules read it)
-    Interrupted,
-    Params,
-    PluginRegistry,
-    Port,
-    Progress,
-    RunContext,
-    StageError,
-    StageType,
-    hookimpl,
-    setting,
-    stage,
-)
-
 __all__ = [
     "Interrupted",
     "Params",
@@ -37,3 +23,12 @@ __all__ = [
     "setting",
     "stage",
 ]
+
+
+def __getattr__(name: str):
+    """The public names of :mod:`sdflow.plugin`, imported when first used."""
+    if name in __all__:
+        from sdflow import plugin
+
+        return getattr(plugin, name)
+    raise AttributeError(f"module 'sdflow' has no attribute {name!r}")

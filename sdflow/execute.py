@@ -29,22 +29,10 @@ from pydantic import BaseModel
 from sdflow.ast import Span
 from sdflow.cache import CacheKey, CacheStore
 from sdflow.diagnostics import Diagnostic, DiagnosticError
+from sdflow.errors import Interrupted, StageError
 from sdflow.graph import StageGraph, StageNode, upstream
 from sdflow.identity import file_sha256
 from sdflow.metadata import output_metadata
-
-
-class StageError(Exception):
-    """A stage cannot run, for a reason the user can fix (a missing file, a
-    corrupt checkpoint).  Shown at the stage's line as a diagnostic."""
-
-    def __init__(self, message: str, help: str | None = None, code: str = "E601"):
-        super().__init__(message)
-        self.message, self.help, self.code = message, help, code
-
-
-class Interrupted(Exception):
-    """The user asked to stop (Ctrl-C); raised between steps."""
 
 
 class RunError(DiagnosticError):
@@ -184,7 +172,7 @@ class RunContext:
         """Run another stage type's function (another plugin's, say) as part
         of this stage, with a context that gives it its own plugin's
         settings; everything else (progress, files, records) is this stage's.
-        ``stage_type`` is a registered :class:`~sdflow.stage.StageType`."""
+        ``stage_type`` is a registered :class:`~sdflow.declaration.StageType`."""
         plugin = getattr(stage_type, "plugin", None)
         context = RunContext(self._executor, self._graph, self._node, self._options, plugin)
         return stage_type.run(context, params, **inputs)

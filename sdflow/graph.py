@@ -232,11 +232,14 @@ class _Checker:
 
     def check_requires(self) -> None:
         """Each ``require``: the plugin is loaded, and its version is in range."""
+        requires = [s for s in self.recipe.statements if isinstance(s, ast.Require)]
+        if not requires:
+            return
         from packaging.specifiers import InvalidSpecifier, SpecifierSet
         from packaging.version import InvalidVersion, Version
 
         plugins = {namespace(name): info for name, info in self.registry.plugins.items()}
-        for req in (s for s in self.recipe.statements if isinstance(s, ast.Require)):
+        for req in requires:
             info = self.registry.plugins.get(req.plugin) or plugins.get(req.plugin)
             if info is None or info.disabled or info.error:
                 why = ("is disabled (SDFLOW_DISABLE_PLUGINS)" if info is not None and info.disabled

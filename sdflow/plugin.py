@@ -21,11 +21,47 @@ test, check and run a recipe through it).  Writing a plugin, step by step:
 ``docs/plugins.md``.
 """
 
-from sdflow.execute import Interrupted, Progress, RunContext, StageError
-from sdflow.hookspecs import hookimpl
-from sdflow.registry import PluginRegistry, Port
-from sdflow.settings import setting
-from sdflow.stage import Params, StageType, stage
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sdflow.errors import Interrupted, StageError
+    from sdflow.execute import Progress, RunContext
+    from sdflow.hookspecs import hookimpl
+    from sdflow.registry import PluginRegistry, Port
+    from sdflow.settings import setting
+    from sdflow.declaration import Params, StageType, stage
+
+# Each name is imported when first asked for (PEP 562), so that declaring
+# stages and checking a recipe never import the executor.
+_WHERE = {
+    "Interrupted": "sdflow.errors",
+    "StageError": "sdflow.errors",
+    "Progress": "sdflow.execute",
+    "RunContext": "sdflow.execute",
+    "hookimpl": "sdflow.hookspecs",
+    "PluginRegistry": "sdflow.registry",
+    "Port": "sdflow.registry",
+    "setting": "sdflow.settings",
+    "Params": "sdflow.declaration",
+    "StageType": "sdflow.declaration",
+    "stage": "sdflow.declaration",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'sdflow.plugin' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])
+
 
 __all__ = [
     "Interrupted",

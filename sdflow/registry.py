@@ -27,7 +27,7 @@ import pluggy
 from pydantic import BaseModel
 
 from sdflow import hookspecs
-from sdflow.stage import StageType, stage_types_in
+from sdflow.declaration import StageType, stage_types_in
 
 ENTRY_POINT_GROUP = "sdflow"
 DISABLE_ENV = "SDFLOW_DISABLE_PLUGINS"
@@ -234,7 +234,7 @@ class PluginRegistry:
         self._plugin.settings = model
 
     def add_stages(self, source: Any) -> None:
-        """Register every stage type (see :func:`sdflow.stage`) that a
+        """Register every stage type (see :func:`sdflow.plugin.stage`) that a
         module, a package of modules, or an iterable of them holds."""
         if isinstance(source, StageType):
             types: Iterable[StageType] = [source]
@@ -266,7 +266,7 @@ class PluginRegistry:
         run: Callable[..., Any] | str | None = None,
         identify: Callable[..., Any] | str | None = None,
     ) -> StageSpec | None:
-        """Declare a stage type (the lower-level form of :func:`sdflow.stage`).
+        """Declare a stage type (the lower-level form of :func:`sdflow.plugin.stage`).
 
         ``params`` is a pydantic model of its literal arguments; ``inputs``
         and ``outputs`` map port names to port types (a type name or a
@@ -420,9 +420,13 @@ def plugin_manager(entry_points: bool = True) -> tuple[pluggy.PluginManager, lis
         pm.set_blocked(name)
     problems: list[PluginProblem] = []
     versions: dict[str, str] = {}
+    pm.sdflow_disabled = []  # the entry points SDFLOW_DISABLE_PLUGINS kept out, for `sdflow plugins`
     if entry_points:
         for ep in _entry_points():
-            if pm.get_plugin(ep.name) is not None or pm.is_blocked(ep.name):
+            if pm.is_blocked(ep.name):
+                pm.sdflow_disabled.append(ep)
+                continue
+            if pm.get_plugin(ep.name) is not None:
                 continue
             version = ep.dist.version if ep.dist is not None else "unknown"
             versions[ep.name] = version
@@ -480,9 +484,8 @@ def build_registry(
         registry.plugins[problem.plugin] = PluginInfo(
             problem.plugin, versions.get(problem.plugin, "unknown"), "", error=problem.message
         )
-    disabled = disabled_plugins()
-    for ep in _entry_points() if disabled else []:
-        if ep.name in disabled and ep.name not in registry.plugins:
+    for ep in getattr(pm, "sdflow_disabled", ()):
+        if ep.name not in registry.plugins:
             version = ep.dist.version if ep.dist is not None else "unknown"
             registry.plugins[ep.name] = PluginInfo(ep.name, version, ep.value, disabled=True)
     for name, plugin in pm.list_name_plugin():
