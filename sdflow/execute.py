@@ -307,6 +307,9 @@ class Executor:
         start = time.perf_counter()
         results: dict[str, Mapping[str, Any]] = {}
         group, uses = _future_uses(graph)
+        members: dict[str, list[str]] = {}
+        for stage_key, shared in group.items():
+            members.setdefault(shared, []).append(stage_key)
         self.events.emit("run_started", stages=list(graph.order))
         try:
             for key in graph.order:
@@ -318,8 +321,9 @@ class Executor:
                 for used in [key, *(c.stage for c in node.inputs.values())]:
                     uses[group[used]] -= 1
                     if uses[group[used]] == 0:  # no later stage needs it: let it go
-                        results.pop(used, None)
-                        self.cache.release(self.keys[used].digest)
+                        for member in members[group[used]]:
+                            if results.pop(member, None) is not None:
+                                self.cache.release(self.keys[member].digest)
         finally:
             self.cache.end_run()
         self.result.seconds = time.perf_counter() - start
