@@ -9,25 +9,14 @@ light.  A plugin imports what it needs from here or from
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Interrupted",
-    "Params",
-    "PluginRegistry",
-    "Port",
-    "Progress",
-    "RunContext",
-    "StageError",
-    "StageType",
-    "__version__",
-    "hookimpl",
-    "setting",
-    "stage",
-]
+from sdflow.plugin import __all__ as _PUBLIC  # noqa: E402  (a light module: its names load on use)
+
+__all__ = [*_PUBLIC, "__version__"]
 
 
 def __getattr__(name: str):
     """The public names of :mod:`sdflow.plugin`, imported when first used."""
-    if name in __all__:
+    if name in _PUBLIC:
         from sdflow import plugin
 
         return getattr(plugin, name)

@@ -24,6 +24,7 @@ import hashlib
 import json
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Mapping
 
 
@@ -42,7 +43,7 @@ class CacheKey:
         return {"stage": self.stage, "version": self.version, "params": dict(self.params),
                 "inputs": dict(self.inputs), "files": dict(self.files), "settings": dict(self.settings)}
 
-    @property
+    @cached_property
     def digest(self) -> str:
         text = json.dumps(self.fields(), sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()

@@ -348,9 +348,10 @@ class Executor:
             self.identities[node.key] = {**cached.identities, **self.identities.get(node.key, {})}
             self.records[node.key] = dict(cached.records)
             self.result.cached.append(node.key)
-            self._explain(node, key, True, self._reason(node, key, cached=True))
+            reason = self._reason(node, key, cached=True)
+            self._explain(node, key, reason)
             self.events.emit("stage_done", stage=node.key, type=node.spec.id, cached=True, seconds=0.0,
-                             cache_key=key.digest[:16], reason=self._reason(node, key, cached=True))
+                             cache_key=key.digest[:16], reason=reason)
             return cached.outputs
         reason = self._reason(node, key, cached=False)
         outputs = self._run_stage(ctx, node, inputs, key, reason)
@@ -374,7 +375,7 @@ class Executor:
             return "ran: its earlier result was not kept (only models stay between runs)"
         return "ran: " + "; ".join(changes)
 
-    def _explain(self, node: StageNode, key: CacheKey, cached: bool, reason: str) -> None:
+    def _explain(self, node: StageNode, key: CacheKey, reason: str) -> None:
         if self.explain is not None:
             self.explain.write(f"{node.key} ({node.spec.id}) [{key.digest[:12]}]: {reason}\n")
             self.explain.flush()
@@ -395,7 +396,7 @@ class Executor:
         if run is None:
             raise RunError([_diagnostic(node, "E603", f"stage type '{node.spec.id}' cannot run",
                                         f"plugin '{node.spec.plugin}' declares it without a run function")])
-        self._explain(node, key, False, reason)
+        self._explain(node, key, reason)
         self.events.emit("stage_started", stage=node.key, type=node.spec.id, line=node.span.line)
         label = f"{node.key} ({node.spec.id})"
         self.events.status(f"{label} ...")

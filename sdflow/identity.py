@@ -15,7 +15,6 @@ files' relative paths and hashes.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 _HASHES: dict[tuple, str] = {}
@@ -50,9 +49,3 @@ def file_sha256(path: Path | str, verify: bool = False) -> str:
         _HASHES[key] = digest.hexdigest()
     return _HASHES[key]
 
-
-def forget(path: Path | str) -> None:
-    """Drop what this process remembers of ``path`` (every signature of it)."""
-    text = str(Path(path).resolve())
-    for key in [k for k in _HASHES if k[0] == text or k[0].startswith(text + os.sep)]:
-        del _HASHES[key]

@@ -43,7 +43,3 @@ def output_metadata(*, recipe: str, recipe_file: str, params: Mapping[str, Any],
     return {PREFIX + key: value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
             for key, value in fields.items()}
 
-
-def strip_prefix(fields: Mapping[str, str]) -> dict[str, str]:
-    """The ``sdflow.*`` fields among ``fields``, keyed without the prefix."""
-    return {key[len(PREFIX):]: value for key, value in fields.items() if key.startswith(PREFIX)}

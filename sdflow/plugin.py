@@ -63,16 +63,4 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_WHERE])
 
 
-__all__ = [
-    "Interrupted",
-    "Params",
-    "PluginRegistry",
-    "Port",
-    "Progress",
-    "RunContext",
-    "StageError",
-    "StageType",
-    "hookimpl",
-    "setting",
-    "stage",
-]
+__all__ = sorted(_WHERE)

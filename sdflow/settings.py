@@ -79,9 +79,9 @@ def settings_problem(model: Any, existing: Iterable[Any]) -> str | None:
             return f"setting '{name}': {flag} is sdflow run's own flag"
         if flag in taken:
             return f"setting '{name}': {flag} is already a setting of plugin '{taken[flag]}'"
-        if env_of(name, info) in taken_env or env_of(name, info) in ENGINE_VARIABLES:
-            owner = taken_env.get(env_of(name, info), "sdflow")
-            return f"setting '{name}': ${env_of(name, info)} is already a variable of {owner!r}"
+        env = env_of(name, info)
+        if env in taken_env or env in ENGINE_VARIABLES:
+            return f"setting '{name}': ${env} is already a variable of {taken_env.get(env, 'sdflow')!r}"
     return None
 
 

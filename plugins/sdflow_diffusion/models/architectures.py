@@ -62,10 +62,6 @@ class Architecture:
     prediction_by_name: bool = False
     pipeline: str = "StableDiffusionPipeline"
 
-    @property
-    def pads(self) -> tuple[str, ...]:
-        return tuple(encoder.pad for encoder in self.text_encoders)
-
     def holds(self, keys) -> bool:
         """Whether a state dict's keys hold every text encoder of this kind."""
         return all(any(key.startswith(encoder.prefix) for key in keys) for encoder in self.text_encoders)

@@ -76,12 +76,6 @@ def read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def pad_tokens(kind: str) -> tuple[str, ...]:
-    """The padding token of each text encoder's tokenizer: OpenAI CLIP pads
-    with its end token, OpenCLIP (SD 2.x, SDXL's second encoder) with "!"."""
-    return architecture(kind).pads
-
-
 def build_components(folder: Path, kind: str, meta: bool = False) -> dict[str, Any]:
     """Fresh (randomly initialised) components of ``kind`` from a config
     tree; on the meta device when ``meta``, which costs no memory and little
@@ -123,11 +117,6 @@ def expected_shapes(name: str) -> Mapping[str, tuple[int, ...]]:
     return types.MappingProxyType(shapes)
 
 
-def detect_kind(keys: Any) -> str | None:
-    """The kind ("sd1", "sd2", "sdxl"...) from the text encoders' key prefixes alone."""
-    return kind_of_keys(keys)
-
-
 def detect_family(keys_and_shapes: Mapping[str, Any], prediction: str | None = None) -> str:
     """The shipped family whose tensors ``keys_and_shapes`` holds, by name
     (see :func:`detect`)."""
@@ -157,7 +146,7 @@ def detect(keys_and_shapes: Mapping[str, Any], prediction: str | None = None) ->
             f"found {len(shapes)} keys like {_examples(shapes)}",
             help="load_checkpoint reads SD 1.x, SD 2.x and SDXL checkpoints in the original "
                  "single-file layout (as in ComfyUI's models/checkpoints) or a diffusers folder")
-    kind = detect_kind(shapes)
+    kind = kind_of_keys(shapes)
     candidates = [n for n in family_names() if kind is None or family_info(n)["kind"] == kind]
     # Rule out, from one shape read off the configs, the families whose
     # models need not be built to compare every tensor (building costs ~1 s).

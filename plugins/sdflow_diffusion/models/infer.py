@@ -18,9 +18,8 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
-from sdflow_diffusion.models.ldm_layout import unet_prefixes
+from sdflow_diffusion.models.ldm_layout import UNET, _rename, unet_prefixes
 
-UNET = "model.diffusion_model."
 _INPUT = re.compile(r"^model\.diffusion_model\.input_blocks\.(\d+)\.(\d+)\.(?:transformer_blocks\.(\d+)\.)?")
 _OUTPUT = re.compile(r"^model\.diffusion_model\.output_blocks\.(\d+)\.(\d+)\.(?:transformer_blocks\.(\d+)\.)?")
 _MIDDLE = re.compile(r"^model\.diffusion_model\.middle_block\.1\.transformer_blocks\.(\d+)\.")
@@ -135,19 +134,4 @@ def unet_from_original(state: Mapping[str, Any], config: Mapping[str, Any]) -> d
     :func:`sdflow_diffusion.models.ldm_layout.unet_to_original`)."""
     table = {original: (diffusers, tuple((o, d) for d, o in inner))
              for diffusers, (original, inner) in unet_prefixes(config).items()}
-    result = {}
-    for key, value in state.items():
-        if not key.startswith(UNET):
-            continue
-        rest = key[len(UNET):]
-        for prefix in sorted((p for p in table if rest.startswith(p)), key=len, reverse=True):
-            new, inner = table[prefix]
-            tail = rest[len(prefix):]
-            for before, after in inner:
-                if tail.startswith(before):
-                    tail = after + tail[len(before):]
-                    break
-            result[new + tail] = value
-            break
-    return result
-
+    return {_rename(key[len(UNET):], table): value for key, value in state.items() if key.startswith(UNET)}

@@ -18,6 +18,8 @@ from sdflow_diffusion.settings import DiffusionSettings
 
 
 KINDS = ("checkpoints", "loras", "vae", "controlnet", "embeddings", "upscale_models")
+WORDS = {"checkpoints": "checkpoint", "loras": "LoRA", "vae": "VAE", "controlnet": "ControlNet",
+         "embeddings": "embedding", "upscale_models": "upscale model"}  # a kind's files, in words
 
 
 def find_checkpoint(name: str, settings: DiffusionSettings, recipe_dir: Path | None = None) -> Path:
@@ -108,10 +110,6 @@ def _not_found(kind: str, name: str, direct: list[Path], folders: list[Path]) ->
         hint = f"no {WORDS.get(kind, kind)}s were found there; pass --models-dir DIR or set SDFLOW_MODELS"
         hint += "".join(f" (sdflow ships '{n}')" for n in shipped_models(kind))
     return StageError(f"{WORDS.get(kind, kind)} '{name}' not found", help=f"{hint} (looked in: {looked})")
-
-
-WORDS = {"checkpoints": "checkpoint", "loras": "LoRA", "vae": "VAE", "controlnet": "ControlNet",
-         "embeddings": "embedding", "upscale_models": "upscale model"}
 
 
 def _looks_like_model(path: Path) -> bool:

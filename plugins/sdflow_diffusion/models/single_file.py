@@ -27,7 +27,8 @@ BROKEN_HELP = ("the file is damaged or incomplete (an interrupted download?): do
 
 def load_single_file(path: Path, settings: DiffusionSettings, prediction: str, dtype: Any) -> tuple[dict[str, Any], Any]:
     """The components and :class:`Family` of the checkpoint file ``path``."""
-    from sdflow_diffusion.models.families import detect, detect_kind, family_handle
+    from sdflow_diffusion.models.architectures import kind_of_keys
+    from sdflow_diffusion.models.families import detect, family_handle
 
     state = None
     if path.suffix.lower() in PICKLE_SUFFIXES:
@@ -35,7 +36,7 @@ def load_single_file(path: Path, settings: DiffusionSettings, prediction: str, d
         shapes = {key: tuple(value.shape) for key, value in state.items()}
     else:
         shapes, metadata = _read_header(path)
-    chosen = resolve_prediction(prediction, shapes, metadata, path, detect_kind(shapes))
+    chosen = resolve_prediction(prediction, shapes, metadata, path, kind_of_keys(shapes))
     name, unet_config = detect(shapes, chosen)
     if state is None:
         state = _read_safetensors(path)

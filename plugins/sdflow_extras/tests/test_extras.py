@@ -406,8 +406,7 @@ save_image(image=image, prefix="once")
 
 
 def test_a_wildcard_files_content_is_in_the_cache_key_and_a_missing_one_is_a_stage_error(installed, tmp_path):
-    from sdflow.execute import Executor  # run_recipe's executor, to read each stage's cache key
-    from sdflow.testing import registry_with, run_recipe
+    from sdflow.testing import Executor, registry_with, run_recipe  # the executor, to read the cache keys
     from sdflow_extras.settings import ExtrasSettings
 
     shared = write(tmp_path / "shared", {"colors.txt": "red\n"})
