@@ -1,7 +1,10 @@
 """The ``sdflow`` command: check, fmt, stages, plugins, graph.
 
 Exit codes: 0 when clean (warnings allowed), 1 when a recipe has errors or
-is not formatted (``fmt --check``), 2 for a mistake on the command line.
+is not formatted (``fmt --check``), 2 for a mistake on the command line (a
+file that is not a recipe), 130 when interrupted.  An unexpected failure is
+one line on stderr and exit 1, never a traceback (``SDFLOW_DEBUG=1`` shows
+it).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from sdflow import __version__
-from sdflow.diagnostics import did_you_mean, print_diagnostics
+from sdflow.diagnostics import MAX_SHOWN, did_you_mean, print_diagnostics
 
 EXIT_OK, EXIT_DIAGNOSTICS, EXIT_USAGE = 0, 1, 2
 
@@ -48,6 +51,15 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    except Exception as err:  # a bug in sdflow or a plugin: one clear line, never a traceback
+        if os.environ.get("SDFLOW_DEBUG"):
+            raise
+        from sdflow.text import visible
+
+        print(f"sdflow: internal error: {type(err).__name__}: {visible(str(err))[:500]}\n"
+              "  this is a bug; set SDFLOW_DEBUG=1 to see where it happened, and please report it",
+              file=sys.stderr)
+        return EXIT_DIAGNOSTICS
 
 
 def _command_of(argv: list[str]) -> str | None:
@@ -106,10 +118,23 @@ def _parser(with_settings: bool = False) -> argparse.ArgumentParser:
     graph.add_argument("--format", choices=("dot", "mermaid"), default="dot")
     _add_set(graph)
     graph.set_defaults(handler=_cmd_graph)
+    for command in (check, fmt, run, graph):
+        command.add_argument("--max-diagnostics", type=_count, default=MAX_SHOWN, metavar="N",
+                             help=f"print at most N diagnostics of a recipe (default {MAX_SHOWN}; 0 for all)")
     for command in sub.choices.values():  # `sdflow check --strict-plugins ...` works too
         command.add_argument("--strict-plugins", action="store_true", default=argparse.SUPPRESS,
                              help="a plugin that fails to load or register is an error (exit 1)")
     return parser
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a count (0, 1, 2, ...)")
+    return value
 
 
 def _add_set(parser: argparse.ArgumentParser) -> None:
@@ -127,17 +152,15 @@ def _overrides(pairs: list[str]) -> dict[str, str]:
     return overrides
 
 
-def _read(path: str) -> str:
+def _read(path: str):
+    """The recipe at ``path`` (a :class:`sdflow.source.Source`), or a usage
+    error when it is not a recipe file at all."""
+    from sdflow.source import SourceError, read_source
+
     try:
-        return Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise _Usage(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise _Usage(f"{path}: is a folder, not a recipe") from None
-    except UnicodeDecodeError as err:
-        raise _Usage(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
-    except OSError as err:
-        raise _Usage(f"{path}: {err.strerror}") from None
+        return read_source(path)
+    except SourceError as err:
+        raise _Usage(str(err)) from None
 
 
 class _Command:
@@ -171,19 +194,21 @@ def _registry(quiet: bool = False):
 def _check_file(path: str, registry, overrides):
     from sdflow.graph import UsageError, check_source
 
-    source = _read(path)
+    read = _read(path)
+    if read.diagnostics:  # not UTF-8: nothing more can be said of it
+        return read.text, None, None, list(read.diagnostics)
     try:
-        recipe, graph, diagnostics = check_source(source, path, registry, overrides)
+        recipe, graph, diagnostics = check_source(read.text, path, registry, overrides)
     except UsageError as err:
         raise _Usage(str(err)) from None
-    return source, recipe, graph, diagnostics
+    return read.text, recipe, graph, diagnostics
 
 
 def _checked_graph(args):
     """Check ``args.file`` with ``args.set``; print its diagnostics; return
     its source and its graph (None when it has errors)."""
     source, _recipe, graph, diagnostics = _check_file(args.file, _registry(), _overrides(args.set))
-    print_diagnostics(diagnostics, {args.file: source}, sys.stderr)
+    print_diagnostics(diagnostics, {args.file: source}, sys.stderr, args.max_diagnostics)
     return source, graph
 
 
@@ -192,11 +217,16 @@ def _cmd_check(args) -> int:
     overrides = _overrides(args.set)
     status = EXIT_OK
     for path in args.files:
-        source, _recipe, graph, diagnostics = _check_file(path, registry, overrides)
-        print_diagnostics(diagnostics, {path: source}, sys.stderr)
+        try:
+            source, _recipe, graph, diagnostics = _check_file(path, registry, overrides)
+        except _Usage as err:  # one file that is not a recipe; the others are still checked
+            print(f"sdflow: error: {err}", file=sys.stderr)
+            status = EXIT_USAGE
+            continue
+        print_diagnostics(diagnostics, {path: source}, sys.stderr, args.max_diagnostics)
         failed = graph is None or (args.strict and diagnostics)
         if failed:
-            status = EXIT_DIAGNOSTICS
+            status = max(status, EXIT_DIAGNOSTICS)
         elif not diagnostics:
             print(f"{path}: ok", file=sys.stderr)
     return status
@@ -208,26 +238,42 @@ def _cmd_fmt(args) -> int:
 
     status = EXIT_OK
     for path in args.files:
-        source = _read(path)
-        recipe, diagnostics = parse(source, path)
+        try:
+            read = _read(path)
+        except _Usage as err:
+            print(f"sdflow: error: {err}", file=sys.stderr)
+            status = EXIT_USAGE
+            continue
+        recipe, diagnostics = (None, list(read.diagnostics)) if read.diagnostics else parse(read.text, path)
         if diagnostics:
-            print_diagnostics(diagnostics, {path: source}, sys.stderr)
-            status = EXIT_DIAGNOSTICS
+            print_diagnostics(diagnostics, {path: read.text}, sys.stderr, args.max_diagnostics)
+            status = max(status, EXIT_DIAGNOSTICS)
             continue
         formatted = format_recipe(recipe)
-        if formatted == source:
+        if formatted == read.text:
             continue
         if args.check:
             print(f"{path}: would reformat", file=sys.stderr)
-            status = EXIT_DIAGNOSTICS
-        else:
+            status = max(status, EXIT_DIAGNOSTICS)
+            continue
+        try:
             _write_atomic(Path(path), formatted)
-            print(f"{path}: reformatted", file=sys.stderr)
+        except OSError as err:
+            print(f"sdflow: error: {path}: cannot rewrite it: {err.strerror or err}", file=sys.stderr)
+            status = EXIT_USAGE
+            continue
+        print(f"{path}: reformatted", file=sys.stderr)
     return status
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    """Replace a file's text in one step: a crash leaves the old or the new."""
+    """Replace a file's text in one step: a crash leaves the old or the new.
+
+    A symbolic link stays a link: the file it points to is the one rewritten.
+    The new text is written beside that file and renamed over it, keeping
+    its permissions.
+    """
+    path = Path(os.path.realpath(path))
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:
@@ -279,7 +325,7 @@ def _cmd_run(args) -> int:
         try:
             result = executor.run(graph, options)
         except RunError as err:
-            print_diagnostics(err.diagnostics, {args.file: source}, sys.stderr)
+            print_diagnostics(err.diagnostics, {args.file: source}, sys.stderr, args.max_diagnostics)
             return EXIT_DIAGNOSTICS
         except Interrupted:
             print("sdflow: interrupted; no partial file was written", file=sys.stderr)
@@ -320,6 +366,7 @@ class _interrupt_between_steps:
 
 def _cmd_show(args) -> int:
     from sdflow.pngtext import read_png_text
+    from sdflow.text import visible, visible_lines
 
     try:
         text = read_png_text(Path(args.image))
@@ -327,16 +374,22 @@ def _cmd_show(args) -> int:
         raise _Usage(f"{args.image}: no such file") from None
     except ValueError as err:
         raise _Usage(f"{args.image}: {err}") from None
+    except OSError as err:
+        raise _Usage(f"{args.image}: {err.strerror or err}") from None
     if "recipe" not in text:
         raise _Usage(f"{args.image}: no sdflow recipe in this image")
+    recipe = text["recipe"]
     if args.recipe:
-        print(text["recipe"], end="" if text["recipe"].endswith("\n") else "\n")
+        # Piped to a file, the recipe is written as it was; on a terminal,
+        # characters that could move the cursor or recolour it are escaped.
+        shown = visible_lines(recipe) if sys.stdout.isatty() else recipe
+        print(shown, end="" if shown.endswith("\n") else "\n")
         return EXIT_OK
     for key, value in text.items():
         if key != "recipe":
-            print(f"{key}: {value}")
+            print(f"{visible(key)}: {visible(value)}")
     print("recipe:")
-    print("    " + text["recipe"].rstrip("\n").replace("\n", "\n    "))
+    print("    " + visible_lines(recipe.rstrip("\n")).replace("\n", "\n    "))
     return EXIT_OK
 
 

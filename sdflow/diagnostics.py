@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Iterable, Literal, TextIO
 
 from sdflow.ast import Span
+from sdflow.text import display_width, visible
 
 Severity = Literal["error", "warning"]
 
@@ -62,11 +63,51 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
     return f"did you mean '{close[0]}'?" if close else None
 
 
-def one_of(choices: Iterable[str], limit: int = 12) -> str:
-    """``'a', 'b' or 'c'`` for a help line."""
+class Suggestions:
+    """Near misses among the names of one recipe, in bounded time.
+
+    Comparing every unknown name with every known one grows as the product
+    of the two: a recipe of mistakes could take minutes.  Here each distinct
+    word is looked up once, among at most ``pool`` names of a length that
+    could match (nearest lengths first, and names with the same first letter
+    before the others, as a typo seldom hits the first letter), and after
+    ``budget`` distinct words no more lookups are made: only the first
+    diagnostics are printed anyway.
+    """
+
+    def __init__(self, names: Iterable[str], budget: int = 100, pool: int = 300) -> None:
+        self.index: dict[tuple[str, int], list[str]] = {}
+        for name in dict.fromkeys(names):
+            self.index.setdefault((name[:1], len(name)), []).append(name)
+        self.firsts = sorted({first for first, _ in self.index})
+        self.budget, self.pool = budget, pool
+        self.memo: dict[str, str | None] = {}
+
+    def __call__(self, word: str) -> str | None:
+        if word in self.memo:
+            return self.memo[word]
+        if len(self.memo) >= self.budget:
+            return None
+        n = len(word)
+        # ratio = 2*matches/(n+m) >= 0.6 needs m within [3n/7, 7n/3].
+        lengths = sorted(range(max(1, (3 * n) // 7), (7 * n) // 3 + 2), key=lambda m: abs(m - n))
+        pool: list[str] = []
+        for first in [word[:1], *(f for f in self.firsts if f != word[:1])]:
+            for m in lengths:
+                pool.extend(self.index.get((first, m), ()))
+            if len(pool) >= self.pool:
+                break
+        self.memo[word] = hint = did_you_mean(word, pool[: self.pool])
+        return hint
+
+
+def one_of(choices: Iterable[str], limit: int = 12, total: int | None = None) -> str:
+    """``'a', 'b' or 'c'`` for a help line; ``total`` counts the choices when
+    only the first few are given."""
     names = [f"'{c}'" for c in choices]
-    if len(names) > limit:
-        names = names[:limit] + [f"... ({len(names) - limit} more)"]
+    total = len(names) if total is None else total
+    if total > limit:
+        names = names[:limit] + [f"... ({total - limit} more)"]
     if len(names) <= 1:
         return "".join(names) or "nothing"
     return ", ".join(names[:-1]) + " or " + names[-1]
@@ -87,53 +128,97 @@ def use_colour(stream: TextIO) -> bool:
     return bool(getattr(stream, "isatty", lambda: False)())
 
 
+MAX_SHOWN = 50
+"""At most this many diagnostics are printed by default, then a count of the rest."""
+
+_LONG = 400  # a message or help longer than this is shortened in the middle
+_EXCERPT = 100  # columns of a long line shown around the caret
+
+
 def render(diagnostic: Diagnostic, sources: dict[str, str], colour: bool = False) -> str:
     """Format one diagnostic like a compiler: location, code, excerpt, help."""
+    return _render(diagnostic, _Lines(sources), colour)
+
+
+class _Lines:
+    """The lines of each source, split once however many diagnostics show them."""
+
+    def __init__(self, sources: dict[str, str]) -> None:
+        self.sources = sources
+        self.split: dict[str, list[str]] = {}
+
+    def line(self, file: str, number: int) -> str | None:
+        if file not in self.sources:
+            return None
+        lines = self.split.get(file)
+        if lines is None:
+            lines = self.split[file] = self.sources[file].split("\n")
+        return lines[number - 1] if 1 <= number <= len(lines) else None
+
+
+def _render(diagnostic: Diagnostic, lines: _Lines, colour: bool) -> str:
     style = _Style(colour)
     span = diagnostic.span
-    location = f"{span}: " if span else ""
+    location = f"{visible(str(span))}: " if span else ""
     code = style(diagnostic.code, "1;31" if diagnostic.is_error else "1;33")
-    out = [f"{style(location, '1')}{code} {diagnostic.message}"]
-    if span is not None and span.file in sources:
-        out.extend(_excerpt(span, sources[span.file], style, diagnostic.is_error))
+    out = [f"{style(location, '1')}{code} {_shown(diagnostic.message)}"]
+    text = lines.line(span.file, span.line) if span is not None else None
+    if text is not None:
+        out.extend(_excerpt(span, text, style, diagnostic.is_error))
     if diagnostic.help:
         gutter = " " * (len(str(span.line)) if span else 1)
-        out.append(f"{gutter} = {style('help', '1;36')}: {diagnostic.help}")
+        out.append(f"{gutter} = {style('help', '1;36')}: {_shown(diagnostic.help)}")
     return "\n".join(out)
 
 
-def _excerpt(span: Span, source: str, style: _Style, is_error: bool) -> list[str]:
-    lines = source.split("\n")
-    if not 1 <= span.line <= len(lines):
-        return []
-    # One character per column, so the caret lines up: tabs become spaces and
-    # control characters a visible mark.
-    text = "".join(c if c.isprintable() else ("\ufffd" if c != "\t" else " ") for c in lines[span.line - 1])
-    width = len(str(span.line))
-    gutter = " " * width
+def _shown(text: str) -> str:
+    """Text for one line of a diagnostic: controls escaped, shortened if huge."""
+    if len(text) > _LONG:
+        text = f"{text[: _LONG // 2]} ... {text[-_LONG // 2 :]}"
+    return visible(text)
+
+
+def _excerpt(span: Span, line: str, style: _Style, is_error: bool) -> list[str]:
     start = max(span.column - 1, 0)
     if span.end_line == span.line:
         end = max(span.end_column - 1, start + 1)
     else:
-        end = max(len(text.rstrip()), start + 1)
-    carets = style("^" * (end - start), "1;31" if is_error else "1;33")
+        end = max(len(line.rstrip()), start + 1)
+    # A long line is cut to a window around the caret.
+    first = max(0, start - _EXCERPT // 2) if len(line) > _EXCERPT else 0
+    last = min(len(line), max(first + _EXCERPT, min(end, start + _EXCERPT)))
+    before, shown, after = line[:first], line[first:last], line[last:]
+    # One mark per character that does not show (a tab, a control character,
+    # an invisible one), so nothing can move the cursor and the caret lines up.
+    text = "".join(c if c.isprintable() else ("\ufffd" if c != "\t" else " ") for c in shown)
+    lead = "... " if before else ""
+    pad = len(lead) + display_width(text[: start - first])
+    width = max(display_width(text[start - first : end - first]), 1)
+    gutter = " " * len(str(span.line))
+    carets = style("^" * width, "1;31" if is_error else "1;33")
     bar = style("|", "1;34")
     return [
         f"{gutter} {bar}",
-        f"{style(str(span.line), '1;34')} {bar} {text}",
-        f"{gutter} {bar} {' ' * start}{carets}",
+        f"{style(str(span.line), '1;34')} {bar} {lead}{text}{' ...' if after else ''}",
+        f"{gutter} {bar} {' ' * pad}{carets}",
     ]
 
 
 def print_diagnostics(
-    diagnostics: Iterable[Diagnostic], sources: dict[str, str], stream: TextIO | None = None
+    diagnostics: Iterable[Diagnostic],
+    sources: dict[str, str],
+    stream: TextIO | None = None,
+    limit: int | None = MAX_SHOWN,
 ) -> None:
-    """Write every diagnostic, in order, then a one-line summary."""
+    """Write the diagnostics in order (at most ``limit``, None for all), then a
+    one-line summary that counts them all."""
     stream = stream or sys.stderr
     colour = use_colour(stream)
     diagnostics = sorted(diagnostics, key=Diagnostic.sort_key)
-    for d in diagnostics:
-        stream.write(render(d, sources, colour) + "\n\n")
+    lines = _Lines(sources)
+    shown = diagnostics if not limit else diagnostics[:limit]
+    for d in shown:
+        stream.write(_render(d, lines, colour) + "\n\n")
     errors = sum(d.is_error for d in diagnostics)
     warnings = len(diagnostics) - errors
     if diagnostics:
@@ -142,4 +227,7 @@ def print_diagnostics(
             parts.append(f"{errors} error{'s' if errors != 1 else ''}")
         if warnings:
             parts.append(f"{warnings} warning{'s' if warnings != 1 else ''}")
-        stream.write(", ".join(parts) + "\n")
+        summary = ", ".join(parts)
+        if len(shown) < len(diagnostics):
+            summary += f" ({len(shown)} shown; --max-diagnostics 0 shows all)"
+        stream.write(summary + "\n")

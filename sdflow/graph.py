@@ -15,7 +15,8 @@ from typing import Any, Mapping
 from pydantic import BaseModel, ValidationError
 
 from sdflow import ast
-from sdflow.diagnostics import Diagnostic, did_you_mean, one_of
+from sdflow.diagnostics import Diagnostic, Suggestions, did_you_mean, one_of
+from sdflow.text import visible
 from sdflow.registry import Registry, StageSpec, namespace
 
 LANGUAGE_VERSION = 1
@@ -139,16 +140,39 @@ def parse_override(name: str, text: str, default: Any) -> Any:
         if kind is float:
             return float(text)
         if kind is list:
-            import json
-
-            value = json.loads(text)
-            if not isinstance(value, list):
-                raise ValueError
-            return value
+            return _json_list(name, text)
     except ValueError:
         words = {bool: "true or false", int: "an integer", float: "a number", list: "a JSON list"}
-        raise UsageError(f"--set {name}={text}: '{name}' is {words[kind]}, like its default") from None
+        shown = text if len(text) <= 60 else text[:57] + "..."
+        raise UsageError(f"--set {name}={visible(shown)}: '{name}' is {words[kind]}, like its default") from None
     return text
+
+
+def _json_list(name: str, text: str) -> list:
+    """``--set name=[...]``: a JSON list, nested no deeper than a recipe's lists."""
+    import json
+
+    from sdflow.parse import MAX_DEPTH
+
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:  # the depth first: the JSON parser recurses
+        if in_string:
+            in_string = escaped or char != '"'
+            escaped = not escaped and char == "\\"
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    if deepest > MAX_DEPTH:
+        raise UsageError(f"--set {name}=...: lists nested more than {MAX_DEPTH} deep")
+    value = json.loads(text)
+    if not isinstance(value, list):
+        raise ValueError
+    return value
 
 
 class _Invalid:
@@ -186,6 +210,9 @@ class _Checker:
         self.used: set[str] = set()
         self.current: str | None = None  # the stage being checked, never its own source
         self.keys = stage_keys(recipe)
+        self._suggest_names: Suggestions | None = None
+        self._suggest_stages: Suggestions | None = None
+        self._producers: dict[str, list[tuple[str, str]]] | None = None
 
     def error(self, code: str, message: str, span: ast.Span | None, help: str | None = None) -> None:
         self.diagnostics.append(Diagnostic(code, message, span, help))
@@ -285,8 +312,11 @@ class _Checker:
             else:
                 self.stage_decls[name] = statement
 
-    def known_names(self) -> list[str]:
-        return [*self.param_decls, *self.stage_decls]
+    def near_name(self, word: str) -> str | None:
+        """'did you mean ...?' among the recipe's names (built once, bounded)."""
+        if self._suggest_names is None:
+            self._suggest_names = Suggestions([*self.param_decls, *self.stage_decls])
+        return self._suggest_names(word)
 
     # one stage ------------------------------------------------------------
     def check_stage(self, stage: ast.Stage) -> None:
@@ -351,7 +381,9 @@ class _Checker:
             self.error("E220", f"stage type '{stage.stage_type}' could not register", stage.type_span,
                        f"{broken}; run 'sdflow plugins'")
             return
-        hint = did_you_mean(stage.stage_type, self.registry.names())
+        if self._suggest_stages is None:
+            self._suggest_stages = Suggestions(self.registry.names())
+        hint = self._suggest_stages(stage.stage_type)
         if hint is None:
             failed = [p.name for p in self.registry.failed_plugins()]
             hint = (f"plugin {one_of(failed)} failed to load; run 'sdflow plugins'" if failed
@@ -359,23 +391,31 @@ class _Checker:
         self.error("E220", f"unknown stage type '{stage.stage_type}'", stage.type_span, hint)
 
     def suggest_source(self, port_name: str, port_type: str) -> str:
-        candidates = [
-            f"{port_name}={ref}" for ref in self.outputs_of_type(port_type)
-        ]
+        refs, total = self.outputs_of_type(port_type)
+        candidates = [f"{port_name}={ref}" for ref in refs]
         if candidates:
-            return f"add {candidates[0]}" if len(candidates) == 1 else f"add one of {one_of(candidates, 4)}"
+            return f"add {candidates[0]}" if total == 1 else f"add one of {one_of(candidates, 4, total)}"
         return f"add {port_name}=... with a stage result of type {port_type}"
 
-    def outputs_of_type(self, port_type: str) -> list[str]:
-        refs = []
-        for name, decl in self.stage_decls.items():
-            spec = self.registry.stage(decl.stage_type)
-            if spec is None or name == self.current:
-                continue
-            for port, out in spec.outputs.items():
-                if out.type == port_type:
-                    refs.append(name if len(spec.outputs) == 1 else f"{name}.{port}")
-        return refs
+    def outputs_of_type(self, port_type: str, few: int = 5) -> tuple[list[str], int]:
+        """The first ``few`` references to stage results of a type, other
+        than the current stage's own, and how many there are (the index is
+        built once for all the asks)."""
+        if self._producers is None:
+            self._producers = {}
+            for name, decl in self.stage_decls.items():
+                spec = self.registry.stage(decl.stage_type)
+                for port, out in (spec.outputs.items() if spec is not None else ()):
+                    ref = name if len(spec.outputs) == 1 else f"{name}.{port}"
+                    self._producers.setdefault(out.type, []).append((name, ref))
+        producers = self._producers.get(port_type, [])
+        own = 0
+        decl = self.stage_decls.get(self.current or "")
+        spec = self.registry.stage(decl.stage_type) if decl is not None else None
+        if spec is not None:
+            own = sum(out.type == port_type for out in spec.outputs.values())
+        refs = [ref for name, ref in producers[: few + own] if name != self.current][:few]
+        return refs, len(producers) - own
 
     # inputs ---------------------------------------------------------------
     def connect(self, spec: StageSpec, arg: ast.Arg) -> Connection | None:
@@ -423,8 +463,8 @@ class _Checker:
         if same:
             hint = f"did you mean '{ref.name}.{same[0]}'?"
         else:
-            producers = self.outputs_of_type(expected)
-            hint = (f"{expected} comes from {one_of(producers, 4)}" if producers
+            producers, total = self.outputs_of_type(expected)
+            hint = (f"{expected} comes from {one_of(producers, 4, total)}" if producers
                     else f"no stage of this recipe gives {expected}")
         self.error("E300", f"'{arg_name}' expects {expected}, but {ref} is {actual}", ref.span, hint)
 
@@ -448,7 +488,7 @@ class _Checker:
         return spec, ref.port
 
     def unknown_name(self, ref: ast.Ref) -> None:
-        hint = did_you_mean(ref.name, self.known_names())
+        hint = self.near_name(ref.name)
         if hint is None and ref.port is None and self.registry.candidates(ref.name):
             hint = f"'{ref.name}' is a stage type; call it on a line of its own and use its name"
         self.error("E240", f"unknown name '{ref.name}'", ref.name_span,

@@ -1218,11 +1218,11 @@ def test_cli_shows_every_syntax_error_with_its_caret(tmp_path):
     assert result.returncode == 1
     err = result.stderr
     assert (
-        "recipe.sdflow:4:50: E106 unexpected character \"'\"\n"
+        "recipe.sdflow:4:50: E106 a string in single quotes\n"
         "  |\n"
         "4 | positive = clip_text_encode(clip=ckpt.clip, text='a red circle')\n"
-        "  |                                                  ^\n"
-        "  = help: strings are written in double quotes: \"text\"\n"
+        "  |                                                  ^^^^^^^^^^^^^^\n"
+        "  = help: strings are written in plain double quotes: \"a red circle\"\n"
     ) in err
     assert (
         "recipe.sdflow:6:33: E105 unexpected 'height'; expected ')' or ','\n"
