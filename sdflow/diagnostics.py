@@ -14,6 +14,7 @@ by position and shown all at once::
 from __future__ import annotations
 
 import difflib
+from collections import Counter
 import os
 import sys
 from dataclasses import dataclass
@@ -67,37 +68,46 @@ class Suggestions:
     """Near misses among the names of one recipe, in bounded time.
 
     Comparing every unknown name with every known one grows as the product
-    of the two: a recipe of mistakes could take minutes.  Here each distinct
-    word is looked up once, among at most ``pool`` names of a length that
-    could match (nearest lengths first, and names with the same first letter
-    before the others, as a typo seldom hits the first letter), and after
-    ``budget`` distinct words no more lookups are made: only the first
-    diagnostics are printed anyway.
+    of the two: a recipe of mistakes could take minutes.  Here the names
+    are indexed by their three-letter pieces; a word is compared only with
+    the few hundred names that share the most of its rarer pieces (those of
+    a length that could match when it shares none), each distinct word is
+    looked up once, and after ``budget`` distinct words no more lookups are
+    made: only the first diagnostics are printed anyway.
     """
 
-    def __init__(self, names: Iterable[str], budget: int = 100, pool: int = 300) -> None:
-        self.index: dict[tuple[str, int], list[str]] = {}
-        for name in dict.fromkeys(names):
-            self.index.setdefault((name[:1], len(name)), []).append(name)
-        self.firsts = sorted({first for first, _ in self.index})
-        self.budget, self.pool = budget, pool
+    def __init__(self, names: Iterable[str], budget: int = 100, pool: int = 200, common: int = 2000) -> None:
+        self.names = list(dict.fromkeys(names))
+        self.budget, self.pool, self.common = budget, pool, common
         self.memo: dict[str, str | None] = {}
+        self.pieces: dict[str, list[int]] | None = None
+
+    @staticmethod
+    def _pieces(word: str) -> set[str]:
+        padded = f"^{word}$"
+        return {padded[i : i + 3] for i in range(len(padded) - 2)}
 
     def __call__(self, word: str) -> str | None:
         if word in self.memo:
             return self.memo[word]
         if len(self.memo) >= self.budget:
             return None
-        n = len(word)
-        # ratio = 2*matches/(n+m) >= 0.6 needs m within [3n/7, 7n/3].
-        lengths = sorted(range(max(1, (3 * n) // 7), (7 * n) // 3 + 2), key=lambda m: abs(m - n))
-        pool: list[str] = []
-        for first in [word[:1], *(f for f in self.firsts if f != word[:1])]:
-            for m in lengths:
-                pool.extend(self.index.get((first, m), ()))
-            if len(pool) >= self.pool:
-                break
-        self.memo[word] = hint = did_you_mean(word, pool[: self.pool])
+        if self.pieces is None:
+            self.pieces = {}
+            for i, name in enumerate(self.names):
+                for piece in self._pieces(name):
+                    self.pieces.setdefault(piece, []).append(i)
+        shared: Counter[int] = Counter()
+        for piece in self._pieces(word):
+            found = self.pieces.get(piece, ())
+            if len(found) <= self.common:  # a piece most names have says little
+                shared.update(found)
+        pool = [self.names[i] for i, _ in shared.most_common(self.pool)]
+        if len(pool) < self.pool:
+            # ratio = 2*matches/(n+m) >= 0.6 needs m within [3n/7, 7n/3]
+            n = len(word)
+            pool += [m for m in self.names[: self.pool * 10] if 3 * n <= 7 * len(m) and 3 * len(m) <= 7 * n]
+        self.memo[word] = hint = did_you_mean(word, pool[: self.pool * 2])
         return hint
 
 
@@ -216,7 +226,9 @@ def print_diagnostics(
     colour = use_colour(stream)
     diagnostics = sorted(diagnostics, key=Diagnostic.sort_key)
     lines = _Lines(sources)
-    shown = diagnostics if not limit else diagnostics[:limit]
+    shown = diagnostics
+    if limit and len(diagnostics) > limit:  # errors first: a warning never hides one
+        shown = sorted(sorted(diagnostics, key=lambda d: not d.is_error)[:limit], key=Diagnostic.sort_key)
     for d in shown:
         stream.write(_render(d, lines, colour) + "\n\n")
     errors = sum(d.is_error for d in diagnostics)

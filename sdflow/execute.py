@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -33,6 +34,25 @@ from sdflow.errors import Interrupted, StageError
 from sdflow.graph import StageGraph, StageNode, upstream
 from sdflow.identity import file_sha256
 from sdflow.metadata import output_metadata
+from sdflow.text import visible
+
+
+def output_folder_problem(folder: Path) -> str | None:
+    """Why files cannot be written into ``folder`` (made when missing), or None."""
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists() and not probe.is_symlink() and probe.parent != probe:
+        probe = probe.parent
+    shown = visible(str(folder))
+    if probe.is_symlink() and not probe.exists():
+        return f"the output folder '{shown}' cannot be made: '{visible(str(probe))}' is a broken link"
+    if not probe.is_dir():
+        what = "is a file" if probe == folder else f"cannot be made: '{visible(str(probe))}' is a file"
+        return f"the output folder '{shown}' {what}"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        what = "is not writable" if probe == folder else f"cannot be made in '{visible(str(probe))}', which is not writable"
+        return f"the output folder '{shown}' {what}"
+    return None
 
 
 class RunError(DiagnosticError):
@@ -305,6 +325,7 @@ class Executor:
         self.identities, self.paths, self.records = {}, {}, {}
         self._settings = {plugin: model() for plugin, model in graph.settings_models.items()}
         start = time.perf_counter()
+        self._preflight(graph, options)
         results: dict[str, Mapping[str, Any]] = {}
         group, uses = _future_uses(graph)
         members: dict[str, list[str]] = {}
@@ -331,9 +352,28 @@ class Executor:
                          files=[str(f) for f in self.result.files])
         return self.result
 
+    def _preflight(self, graph: StageGraph, options: RunOptions) -> None:
+        """What can be known before any stage runs, checked before any does:
+        the output folder (when the recipe writes files), and every file the
+        stages identify (a missing checkpoint is found before the first model
+        loads, not after minutes of sampling).  Every problem at once."""
+        problems: list[Diagnostic] = []
+        if graph.outputs:
+            problem = output_folder_problem(options.output_dir)
+            if problem is not None:
+                problems.append(Diagnostic("E604", problem, None,
+                                           "give --output a folder you can write to (it is made if missing)"))
+        for key in graph.order:
+            node = graph.nodes[key]
+            try:
+                self._identify(RunContext(self, graph, node, options), node)
+            except RunError as err:
+                problems.extend(err.diagnostics)
+        if problems:
+            raise RunError(problems)
+
     def _stage(self, ctx: RunContext, graph: StageGraph, node: StageNode,
                inputs: dict[str, Any]) -> Mapping[str, Any]:
-        self._identify(ctx, node)
         key = CacheKey(
             stage=node.spec.qualified,
             version=node.spec.version,

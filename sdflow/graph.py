@@ -708,9 +708,7 @@ def _explain(spec: StageSpec, field_name: str | None, e: dict) -> tuple[str, str
         return "E402", f"{label} must be {words} {ctx.get(key)}, got {value!r}", _range_help(spec, field_name)
     if kind == "multiple_of":
         step = ctx.get("multiple_of")
-        low = (value // step) * step
-        hint = f"the nearest are {low} and {low + step}" if low > 0 else f"try {low + step}"
-        return "E402", f"{label} must be a multiple of {step}, got {value}", hint
+        return "E402", f"{label} must be a multiple of {step}, got {value}", _multiple_help(spec, field_name, value, step)
     if kind in ("string_too_short", "too_short"):
         return "E402", f"{label} must not be empty", None
     if kind in ("string_too_long", "too_long"):
@@ -725,16 +723,37 @@ def _explain(spec: StageSpec, field_name: str | None, e: dict) -> tuple[str, str
     return "E409", f"{label}: {message}", None
 
 
-def _range_help(spec: StageSpec, field_name: str | None) -> str | None:
+def _bounds(spec: StageSpec, field_name: str | None) -> tuple[Any, Any]:
+    """A parameter's inclusive bounds (None where it has none)."""
     info = spec.params.model_fields.get(field_name or "")
     if info is None:
-        return None
+        return None, None
     bounds = {type(m).__name__: m for m in info.metadata}
-    low = getattr(bounds.get("Ge"), "ge", None)
-    high = getattr(bounds.get("Le"), "le", None)
+    return getattr(bounds.get("Ge"), "ge", None), getattr(bounds.get("Le"), "le", None)
+
+
+def _range_help(spec: StageSpec, field_name: str | None) -> str | None:
+    low, high = _bounds(spec, field_name)
     if low is not None and high is not None:
         return f"'{field_name}' ranges from {low} to {high}"
     return None
+
+
+def _multiple_help(spec: StageSpec, field_name: str | None, value: Any, step: Any) -> str | None:
+    """The nearest allowed multiples: never one outside the parameter's bounds."""
+    if not isinstance(value, (int, float)) or not step:
+        return None
+    low, high = _bounds(spec, field_name)
+    below = (value // step) * step
+    near = [n for n in (below, below + step)
+            if (low is None or n >= low) and (high is None or n <= high) and n != value]
+    if not near and low is not None and value < low:
+        near = [-(-low // step) * step]  # the first multiple in range
+    elif not near and high is not None and value > high:
+        near = [(high // step) * step]
+    if len(near) == 2:
+        return f"the nearest are {near[0]} and {near[1]}"
+    return f"try {near[0]}" if near else None
 
 
 def _choices(spec: StageSpec, field_name: str | None) -> list[str]:

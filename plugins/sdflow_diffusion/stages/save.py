@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 from pydantic import Field, field_validator
 
 from sdflow.plugin import Params, Port, stage
+
+
+MAX_STEM_BYTES = 200
+"""A file name's limit is 255 bytes; the counter, '.png' and the temporary
+file's marks take the rest."""
 
 
 class SaveImage(Params):
@@ -23,6 +30,17 @@ class SaveImage(Params):
             raise ValueError("the prefix must stay inside the output folder: no leading '/', no '..'")
         if parts[-1] in ("", "."):
             raise ValueError("the prefix must end with a file name, such as \"portraits/cat\"")
+        control = next((c for c in prefix if unicodedata.category(c) == "Cc"), None)
+        if control is not None:
+            raise ValueError(f"the prefix holds a control character (U+{ord(control):04X}); "
+                             "file names take printable characters only")
+        for part in parts[:-1]:
+            if len(part.encode()) > 255:
+                raise ValueError(f"the folder name \"{part[:20]}...\" is {len(part.encode())} bytes long; "
+                                 "file systems take at most 255")
+        if len(parts[-1].encode()) > MAX_STEM_BYTES:
+            raise ValueError(f"the file name \"{parts[-1][:20]}...\" is {len(parts[-1].encode())} bytes long; "
+                             f"at most {MAX_STEM_BYTES}, leaving room for the counter and '.png'")
         return prefix
 
 
