@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, TextIO
+from typing import Any, Callable, Iterable, Mapping, TextIO
 
 from pydantic import BaseModel
 
@@ -215,12 +215,16 @@ class RunContext:
         self._executor.result.files.append(Path(path))
         self.emit("file_written", path=str(path))
 
-    def identify_file(self, label: str, path: Path, verify: bool = False) -> str:
+    def identify_file(self, label: str, path: Path, verify: bool = False,
+                      files: Iterable[str] | None = None) -> str:
         """The identity (SHA-256) of a file or folder this stage reads, under
         ``label`` (a model's name as the recipe gave it).  Recorded in the
         cache key when called from ``identify``, in the metadata of every
-        output downstream, and kept for :meth:`file_path`."""
-        identity = file_sha256(path, verify=verify)
+        output downstream, and kept for :meth:`file_path`.  For a folder,
+        ``files`` (relative to it) names the files the stage reads, so that
+        nothing else in it is read; without it every file in it is.  A path
+        that is not a regular file or a folder is a :class:`StageError`."""
+        identity = file_sha256(path, verify=verify, files=files)
         self._executor.identities.setdefault(self.key, {})[label] = identity
         self._executor.paths.setdefault(self.key, {})[label] = Path(path)
         return identity

@@ -10,42 +10,87 @@ a replay asks for) rehashes unconditionally.  A folder's signature is that
 of every file in it (a file rewritten inside a diffusers folder changes it,
 though the folder's own mtime does not), and its identity the hash of its
 files' relative paths and hashes.
+
+A folder is often more than what reads it: a diffusers model beside notes,
+previews or other models.  A plugin that knows which of its files it reads
+names them (``files``), and only those are read.
+Only regular files are ever opened: a FIFO would block the read, a device
+such as ``/dev/zero`` never end it, so either is refused with a
+:class:`~sdflow.errors.StageError` before any read.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
+from collections.abc import Iterable
 from pathlib import Path
+
+from sdflow.errors import StageError
 
 _HASHES: dict[tuple, str] = {}
 BLOCK = 1 << 20
+_SPECIAL = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+            (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
-def _signature(path: Path) -> tuple:
-    stat = path.stat()
-    return (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev)
+def _signature(path: Path, info: os.stat_result) -> tuple:
+    return (str(path), info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino, info.st_dev)
 
 
 def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file())
 
 
-def file_sha256(path: Path | str, verify: bool = False) -> str:
+def file_sha256(path: Path | str | os.PathLike, verify: bool = False,
+                files: Iterable[str | Path] | None = None) -> str:
     """The SHA-256 of a file, or of a folder (its files' relative paths and
-    hashes, in order), computed once per stat signature unless ``verify``."""
-    path = Path(path).resolve()
-    if path.is_dir():
+    hashes, in order), computed once per stat signature unless ``verify``.
+
+    ``files`` (paths relative to the folder) limits a folder's identity to
+    those files.  A path that is neither a regular file nor a folder (a symlink
+    counts as what it points to) is a :class:`StageError`, raised before
+    anything is opened."""
+    given = Path(path)
+    path = given.resolve()
+    info = _stat(given, path)
+    if stat.S_ISDIR(info.st_mode):
+        chosen = _files(path) if files is None else sorted({path / file for file in files})
         digest = hashlib.sha256()
-        for file in _files(path):
+        for file in chosen:
             digest.update(str(file.relative_to(path)).encode() + b"\0")
             digest.update(file_sha256(file, verify).encode())
         return digest.hexdigest()
-    key = _signature(path)
+    key = _signature(path, info)
     if verify or key not in _HASHES:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(BLOCK), b""):
-                digest.update(block)
-        _HASHES[key] = digest.hexdigest()
+        _HASHES[key] = _hash_file(given, path)
     return _HASHES[key]
 
+
+def _stat(given: Path, path: Path) -> os.stat_result:
+    """``path``'s stat, if it is a regular file or a folder."""
+    info = path.stat()
+    if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
+        raise _not_a_file(given, info.st_mode)
+    return info
+
+
+def _hash_file(given: Path, path: Path) -> str:
+    # O_NONBLOCK: should the file have become a FIFO since it was looked at,
+    # opening it does not wait for a writer, and fstat refuses it.
+    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    with open(descriptor, "rb") as handle:
+        mode = os.fstat(descriptor).st_mode
+        if not stat.S_ISREG(mode):
+            raise _not_a_file(given, mode)
+        digest = hashlib.sha256()
+        for block in iter(lambda: handle.read(BLOCK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _not_a_file(given: Path, mode: int) -> StageError:
+    kind = next((name for test, name in _SPECIAL if test(mode)), "not a regular file")
+    return StageError(f"'{given}' is {kind}, not a file: reading it could block or never end",
+                      help="name a regular file or a folder (a symlink to one is fine)")

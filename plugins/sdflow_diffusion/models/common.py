@@ -11,7 +11,7 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")  # torch.save's formats: loading one can run code
 CHECKPOINT_SUFFIXES = (".safetensors", ".sft", *PICKLE_SUFFIXES)
 
 

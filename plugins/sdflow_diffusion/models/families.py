@@ -19,7 +19,6 @@ real SD 1.5 file and the tiny test model are told apart by shape alone.
 from __future__ import annotations
 
 import functools
-import json
 import types
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 
 from sdflow.plugin import StageError
 from sdflow_diffusion.models.architectures import architecture, kind_of_keys
+from sdflow_diffusion.models.files import read_json
 
 FAMILIES_DIR = Path(__file__).parent / "configs"
 PARTS = {"model.diffusion_model.": "U-Net", "first_stage_model.": "VAE",
@@ -70,10 +70,6 @@ def family_handle(name: str, prediction: str | None = None, folder: Path | None 
                   vae_shift_factor=vae.get("shift_factor"),
                   vae_scale_factor=2 ** (len(vae.get("block_out_channels", (0,) * 4)) - 1),
                   description=info.get("description", name), variant=info.get("variant"))
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def build_components(folder: Path, kind: str, meta: bool = False) -> dict[str, Any]:

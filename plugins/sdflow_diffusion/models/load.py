@@ -9,7 +9,12 @@ Two layouts load:
   each component, configured by the family's shipped configs.
   ``.safetensors`` only, unless ``--allow-pickle``;
 * a diffusers folder (``model_index.json``), by :mod:`.diffusers_folder`,
-  loaded as it is, with the shipped CLIP tokenizer where it has none.
+  loaded as it is, with the shipped CLIP tokenizer where it has none; its
+  weights safetensors, or pickles with ``--allow-pickle``.
+
+What a path is (a file, a diffusers folder, neither) is found out first,
+cheaply, by :func:`inspect_checkpoint`: a run identifies its checkpoint by
+what that finds before anything is hashed, and loading starts with it.
 
 Nothing is downloaded: every diffusers/transformers call is local-only.
 """
@@ -21,9 +26,26 @@ from typing import Any
 
 from sdflow.plugin import StageError
 from sdflow_diffusion.models.common import quiet, vae_dtype
+from sdflow_diffusion.models.diffusers_layout import DiffusersFolder, inspect_folder
+from sdflow_diffusion.models.files import file_or_folder
 from sdflow_diffusion.settings import DiffusionSettings
 
 PREDICTIONS = ("auto", "epsilon", "v_prediction")
+
+
+def inspect_checkpoint(path: Path, settings: DiffusionSettings) -> Path | DiffusersFolder:
+    """The checkpoint at ``path``, checked without reading its weights: the
+    path of a single file (its safetensors header sound, or a pickle that
+    is allowed), or the :class:`DiffusersFolder` a folder holds, which
+    names the files a load reads.  A FIFO, a device, a folder that is not
+    a model, a broken file: a :class:`StageError` that says which and why."""
+    from sdflow_diffusion.models.single_file import check_single_file
+
+    path = Path(path)
+    if file_or_folder(path) == "folder":
+        return inspect_folder(path, settings.allow_pickle)
+    check_single_file(path, settings)
+    return path
 
 
 def load_checkpoint(path: Path, settings: DiffusionSettings | None = None, prediction: str = "auto"):
@@ -40,19 +62,17 @@ def load_checkpoint(path: Path, settings: DiffusionSettings | None = None, predi
 
     if prediction not in PREDICTIONS:
         raise StageError(f"prediction must be one of {', '.join(PREDICTIONS)}, not '{prediction}'")
-    path = Path(path)
     settings = settings or DiffusionSettings()
+    checked = inspect_checkpoint(path, settings)
     device, dtype = resolve_device(settings)
-    if path.is_dir():
+    if isinstance(checked, DiffusersFolder):
         from sdflow_diffusion.models.diffusers_folder import load_folder
 
-        components, family = load_folder(path, prediction, dtype)
-    elif path.is_file():
+        components, family = load_folder(checked, prediction, dtype)
+    else:
         from sdflow_diffusion.models.single_file import load_single_file
 
-        components, family = load_single_file(path, settings, prediction, dtype)
-    else:
-        raise StageError(f"checkpoint file '{path}' does not exist", help="check the name and the folder")
+        components, family = load_single_file(checked, settings, prediction, dtype)
     return _handles(components, family, device, dtype)
 
 

@@ -19,10 +19,12 @@ from typing import Any
 from sdflow.plugin import StageError
 from sdflow_diffusion.models.architectures import architecture
 from sdflow_diffusion.models.common import PICKLE_SUFFIXES, quiet, vae_dtype
+from sdflow_diffusion.models.files import BROKEN_HELP, header_shapes, regular_file, safetensors_header
 from sdflow_diffusion.settings import DiffusionSettings
 
-BROKEN_HELP = ("the file is damaged or incomplete (an interrupted download?): download it again "
-               "and compare its size or SHA-256 with the source's")
+SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
+OTHER_HELP = ("load_checkpoint reads .safetensors files and diffusers folders "
+              "(and .ckpt/.pt pickles with --allow-pickle)")
 
 
 def load_single_file(path: Path, settings: DiffusionSettings, prediction: str, dtype: Any) -> tuple[dict[str, Any], Any]:
@@ -30,12 +32,12 @@ def load_single_file(path: Path, settings: DiffusionSettings, prediction: str, d
     from sdflow_diffusion.models.architectures import kind_of_keys
     from sdflow_diffusion.models.families import detect, family_handle
 
-    state = None
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        state, metadata = _read_pickle(path, settings), {}
+    header = check_single_file(path, settings)
+    if header is None:
+        state, metadata = _read_pickle(path), {}
         shapes = {key: tuple(value.shape) for key, value in state.items()}
     else:
-        shapes, metadata = _read_header(path)
+        state, (shapes, metadata) = None, header_shapes(header)
     chosen = resolve_prediction(prediction, shapes, metadata, path, kind_of_keys(shapes))
     name, unet_config = detect(shapes, chosen)
     if state is None:
@@ -43,6 +45,24 @@ def load_single_file(path: Path, settings: DiffusionSettings, prediction: str, d
     scheduler = {"rescale_betas_zero_snr": True} if "ztsnr" in shapes else {}
     family = family_handle(name, chosen, scheduler_overrides=scheduler)
     return convert(state, name, dtype, unet_config), family
+
+
+def check_single_file(path: Path, settings: DiffusionSettings) -> dict[str, Any] | None:
+    """What the checkpoint file ``path`` is, found out cheaply before it is
+    hashed or loaded: the header of a safetensors file, checked against the
+    file's size; None for a pickle, which is refused unless --allow-pickle.
+    Anything else is a :class:`StageError` that names the file."""
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        if not settings.allow_pickle:
+            raise StageError(
+                f"'{path.name}' is a pickle checkpoint ({path.suffix}), and loading a pickle can run any code "
+                "hidden in it, so sdflow does not load one unless asked",
+                help="use a .safetensors version of the model, or pass --allow-pickle if you trust this "
+                     "file (it is then loaded with torch.load(weights_only=True), tensors only)")
+        regular_file(path, path.name)
+        return None
+    known = path.suffix.lower() in SAFETENSORS_SUFFIXES
+    return safetensors_header(path, path.name, BROKEN_HELP if known else OTHER_HELP)
 
 
 def resolve_prediction(prediction: str, keys: Any, metadata: dict[str, str], path: Path,
@@ -144,19 +164,6 @@ def _no_random_init() -> Iterator[None]:
         yield
 
 
-def _read_header(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
-    """Keys, shapes and metadata of a ``.safetensors``, without its tensors."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
-    except Exception as err:  # safetensors raises its own error types, and OSError
-        raise _unreadable(path, err) from None
-    return shapes, metadata
-
-
 def _read_safetensors(path: Path) -> dict[str, Any]:
     from safetensors.torch import load_file
 
@@ -168,24 +175,15 @@ def _read_safetensors(path: Path) -> dict[str, Any]:
 
 def _unreadable(path: Path, err: Exception) -> StageError:
     size = path.stat().st_size if path.exists() else 0
-    if path.suffix.lower() not in (".safetensors", ".sft"):
-        return StageError(f"cannot read '{path.name}': not a .safetensors file ({err})",
-                          help="load_checkpoint reads .safetensors files and diffusers folders "
-                               "(and .ckpt/.pt pickles with --allow-pickle)")
+    known = path.suffix.lower() in SAFETENSORS_SUFFIXES
     return StageError(f"cannot read '{path.name}' ({size} bytes): not a valid safetensors file ({err})",
-                      help=BROKEN_HELP)
+                      help=BROKEN_HELP if known else OTHER_HELP)
 
 
-def _read_pickle(path: Path, settings: DiffusionSettings) -> dict[str, Any]:
-    """A pickle checkpoint, only when allowed, and then only its tensors."""
+def _read_pickle(path: Path) -> dict[str, Any]:
+    """A pickle checkpoint (allowed: see :func:`check_single_file`), only its tensors."""
     import torch
 
-    if not settings.allow_pickle:
-        raise StageError(
-            f"'{path.name}' is a pickle checkpoint ({path.suffix}), and loading a pickle can run any code "
-            "hidden in it, so sdflow does not load one unless asked",
-            help="use a .safetensors version of the model, or pass --allow-pickle if you trust this "
-                 "file (it is then loaded with torch.load(weights_only=True), tensors only)")
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:

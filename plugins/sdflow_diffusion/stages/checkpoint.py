@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -44,8 +45,18 @@ def load_checkpoint(ctx, params: LoadCheckpoint) -> dict:
 @load_checkpoint.identifies
 def _checkpoint_file(ctx, params: LoadCheckpoint) -> None:
     """The checkpoint's SHA-256, under the name the recipe gave: part of the
-    cache key and of the metadata of every image made with it."""
-    ctx.identify_file(params.name, _find(ctx, params.name))
+    cache key and of the metadata of every image made with it.
+
+    What the name found is checked first, cheaply: nothing is hashed that is
+    not a model (a FIFO, a device, a folder of other files, a broken file, a
+    pickle not allowed), and of a diffusers folder only the files a load
+    reads are (a stray file in it, however large, is never read)."""
+    from sdflow_diffusion.models.diffusers_layout import DiffusersFolder
+    from sdflow_diffusion.models.load import inspect_checkpoint
+
+    checked = inspect_checkpoint(_find(ctx, params.name), ctx.settings)
+    files = checked.files if isinstance(checked, DiffusersFolder) else None
+    ctx.identify_file(params.name, Path(checked), files=files)
 
 
 def _find(ctx, name: str):
