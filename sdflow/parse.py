@@ -241,7 +241,7 @@ class _Parser:
         terminals = [t for t in terminals if t.name not in shadowed]
         terminals.sort(key=lambda t: (-t.priority, -t.pattern.max_width, -len(t.pattern.value), t.name))
         branches = [f"(?P<{t.name}>{patterns[t.name]})" for t in terminals]
-        self.scan = re.compile("|".join([*branches, f"(?P<{_BAD}>[\\s\\S])"]))
+        self.scan = re.compile("|".join([*branches, f"(?P<{_BAD}>{_BAD_RUN}|[\\s\\S])"]))
         self.skip = frozenset(self.lark.lexer_conf.ignore)
 
     def comment(self, tok: Token) -> None:
@@ -401,6 +401,11 @@ def _lex(parser: _Parser, source: str, builder: _Builder, diagnostics: list) -> 
 _MULTILINE = {"_NL", "LONG_STRING"}
 _BRACKETS = {"(": "LPAR", ")": "RPAR", "[": "LSQB", "]": "RSQB"}
 _QUOTES = "'\u2018\u2019\u201a\u201b\u201c\u201d\u201e\u201f\u00ab\u00bb\uff02"
+_QUOTE_OR_END = re.compile(f"[{_QUOTES}\"\n]")
+# A run of characters that can start no token (and are neither quotes nor a
+# bracket's look-alike) is one bad token: a line of them costs one token, not
+# one per character.
+_BAD_RUN = "[^A-Za-z0-9_ \t\n\r\f\"'#=,.()\\[\\]+\\-\u2018-\u201f\u00ab\u00bb\uff02\uff08\uff09\uff3b\uff3d]+"
 _MAX_DIGITS = 100
 MAX_DEPTH = 32
 """How deep lists may nest in a value (E107 past that)."""
@@ -408,13 +413,13 @@ MAX_DEPTH = 32
 
 def _closing_quote(source: str, pos: int) -> int:
     """Where lexing resumes after a string in quotes the language does not
-    use: after the next such quote on the same line, or at the line's end."""
-    end = source.find("\n", pos)
-    end = len(source) if end < 0 else end
-    for i in range(pos + 1, end):
-        if source[i] in _QUOTES or source[i] == '"':
-            return i + 1
-    return end
+    use: after the next such quote on the same line, or at the line's end
+    (looking no further than that, so many quotes on a line cost no more
+    than the line)."""
+    found = _QUOTE_OR_END.search(source, pos + 1)
+    if found is None:
+        return len(source)
+    return found.end() if found.group() != "\n" else found.start()
 
 
 def _statements(tokens: Iterator[Token], too_deep: list[Token]) -> Iterator[tuple[list[Token], Token | None]]:
@@ -451,7 +456,8 @@ def _statements(tokens: Iterator[Token], too_deep: list[Token]) -> Iterator[tupl
             bad = True
         elif tok.type in _OPEN:
             stack.append(tok)
-            if len(stack) == MAX_DEPTH + 1 and not bad:
+            # Lists nest in a param, or in a call's '(': that one does not count.
+            if len(stack) - (stack[0].type == "LPAR") == MAX_DEPTH + 1 and not bad:
                 bad = True
                 too_deep.append(tok)
                 chunk.append(Token(_BAD, "", tok.start_pos, tok.line, tok.column))

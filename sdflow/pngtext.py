@@ -17,8 +17,8 @@ from pathlib import Path
 from sdflow.metadata import PREFIX
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
-MAX_TEXT = 64 * 2**20
-"""The most text read from one image, inflated (a recipe is at most 64 MiB)."""
+MAX_TEXT = 32 * 2**20
+"""The most text read from one image, inflated (a recipe is at most 16 MiB)."""
 
 
 def read_png_text(path: Path) -> dict[str, str]:

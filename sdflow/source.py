@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from sdflow.ast import Span
 from sdflow.diagnostics import Diagnostic
 
-MAX_RECIPE_BYTES = 64 * 2**20
-"""The largest recipe read (64 MiB); checking takes time linear in the size."""
+MAX_RECIPE_BYTES = 16 * 2**20
+"""The largest recipe read (16 MiB): checking takes time and memory in
+proportion to the size (about 50 bytes of memory per byte of a recipe of
+short tokens), so a limit bounds both."""
 
 BOM = "\ufeff"
 
@@ -45,6 +47,9 @@ def read_source(path: str | os.PathLike) -> Source:
     data = read_regular_file(name, MAX_RECIPE_BYTES, "recipe")
     if data.startswith(BOM.encode()):
         data = data[3:]
+    # Line breaks as the parser counts them (CR LF and a lone CR are one), so
+    # that every line and column shown is the parser's.
+    data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
     try:
         return Source(name, data.decode("utf-8"))
     except UnicodeDecodeError:

@@ -259,7 +259,7 @@ def test_show_refuses_a_text_chunk_that_inflates_without_end(tmp_path, capsys):
     path.write_bytes(_png([(b"zTXt", b"sdflow.recipe\0\0" + bomb)]))
     assert main(["show", str(path)]) == 2
     err = capsys.readouterr().err
-    assert err == f"sdflow: error: {path}: a compressed text chunk inflates past 64 MiB: larger than sdflow reads\n"
+    assert err == f"sdflow: error: {path}: a compressed text chunk inflates past 32 MiB: larger than sdflow reads\n"
 
 
 def test_show_escapes_what_would_drive_the_terminal(tmp_path, capsys):
