@@ -373,6 +373,7 @@ def run_command(argv: list[str], limit: float) -> tuple[object, str, float, str 
     rc: object = None
     start = time.perf_counter()
     if limit > 0:
+        signal.signal(signal.SIGALRM, _alarm)
         signal.setitimer(signal.ITIMER_REAL, limit)
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
