@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import types
 import typing
 from dataclasses import dataclass
 
@@ -23,10 +24,12 @@ class ParamInfo:
 
 
 def type_name(annotation) -> str:
-    """``int``, ``float``, ``one of 'a', 'b'``, ``list[int]``..."""
+    """``int``, ``float``, ``one of 'a', 'b'``, ``list[int]``, ``float or none``..."""
     origin = typing.get_origin(annotation)
     if origin is typing.Literal:
         return "one of " + ", ".join(_literal(a) for a in typing.get_args(annotation))
+    if origin in (typing.Union, types.UnionType):  # `float | None`: optional, shown as such
+        return " or ".join("none" if a is type(None) else type_name(a) for a in typing.get_args(annotation))
     if origin is not None:
         args = ", ".join(type_name(a) for a in typing.get_args(annotation))
         return f"{getattr(origin, '__name__', str(origin))}[{args}]"

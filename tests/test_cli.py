@@ -17,12 +17,13 @@ TXT2IMG = "examples/txt2img.sdflow"
 # sdflow stages -------------------------------------------------------------------------
 
 
-def test_stages_lists_the_six_built_in_stages():
+def test_stages_lists_the_built_in_stages():
     result = sdflow_cli("stages")
     assert (result.returncode, result.stderr) == (0, "")
     rows = result.stdout.splitlines()
     assert [row.split()[0] for row in rows] == [
-        "clip_text_encode", "empty_latent", "load_checkpoint", "sample", "save_image", "vae_decode",
+        "clip_text_encode", "empty_latent", "load_checkpoint", "sample", "sample_advanced", "save_image",
+        "vae_decode",
     ]
     assert all(row.endswith("  [diffusion]") for row in rows)
     assert "sample            Denoise a latent with the U-Net, guided by the prompts  [diffusion]" in rows
@@ -32,7 +33,7 @@ def test_stages_sample_shows_ports_and_params_with_types_defaults_and_ranges():
     result = sdflow_cli("stages", "sample")
     assert (result.returncode, result.stderr) == (0, "")
     text = result.stdout
-    assert text.startswith("sample  (stage diffusion.sample, plugin diffusion, version 0.1.0)\n")
+    assert text.startswith("sample  (stage diffusion.sample, plugin diffusion, version 0.2.0)\n")
     assert (
         "inputs:\n"
         "  model: MODEL  the U-Net\n"
@@ -47,14 +48,13 @@ def test_stages_sample_shows_ports_and_params_with_types_defaults_and_ranges():
     assert "  steps: int = 20  [>= 1, <= 10000]\n      denoising steps\n" in text
     assert "  cfg: float = 8.0  [>= 0.0, <= 100.0]\n" in text
     assert "  denoise: float = 1.0  [>= 0.0, <= 1.0]\n" in text
+    assert '  sampler: one of "euler", "euler_ancestral", "heun", "heunpp2", "dpm_2", ' in text
+    assert '"uni_pc_bh2", "diffusers:euler", "diffusers:euler_ancestral", ' in text
     assert (
-        '  sampler: one of "euler", "euler_ancestral", "heun", "dpm_2", "dpm_2_ancestral", "lms", '
-        '"dpmpp_2m", "dpmpp_2m_sde", "dpmpp_sde", "ddim", "ddpm", "uni_pc", "lcm" = "euler"\n'
+        '  scheduler: one of "simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta", '
+        '"normal", "linear_quadratic", "kl_optimal" = "normal"\n'
     ) in text
-    assert (
-        '  scheduler: one of "normal", "karras", "exponential", "beta", "sgm_uniform", "simple"'
-        ' = "normal"\n'
-    ) in text
+    assert "  eta: float or none = None  [>= 0.0, <= 100.0]\n" in text
 
 
 def test_stages_of_an_output_stage_and_a_required_param():
@@ -89,7 +89,7 @@ def test_plugins_shows_name_version_and_what_each_adds():
     assert result.stdout == (
         "diffusion 0.1.0  (sdflow_diffusion)\n"
         "  port types: MODEL, CLIP, VAE, CONDITIONING, LATENT, IMAGE, MASK\n"
-        "  stages: clip_text_encode, empty_latent, load_checkpoint, sample, save_image, vae_decode\n"
+        "  stages: clip_text_encode, empty_latent, load_checkpoint, sample, sample_advanced, save_image, vae_decode\n"
         "  settings:\n"
         "    --device / $SDFLOW_DEVICE (default 'auto'): where models run: auto is CUDA when there is a GPU, else the CPU\n"
     ) + result.stdout.split("else the CPU\n", 1)[1]

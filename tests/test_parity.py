@@ -1,5 +1,7 @@
-"""sdflow's own numerics against diffusers' pipelines: the same tiny model,
-prompt, seed, sampler and steps give the same image, bit for bit, on the CPU.
+"""sdflow's ``diffusers:`` samplers against diffusers' pipelines: the same tiny
+model, prompt, seed, sampler and steps give the same image, bit for bit, on
+the CPU.  (ComfyUI's names, sdflow's other engine, are checked against
+ComfyUI's numbers in tests/test_samplers.py and tests/test_ksampling.py.)
 
 Each test runs the default workflow's functions (encode_text, empty_latent,
 sample, decode, to_pil) and the pipeline the lead's stages stand in for, and
@@ -19,7 +21,7 @@ import torch
 from sdflow_diffusion.numerics.decode import decode, to_pil
 from sdflow_diffusion.numerics.encode import encode_text, token_windows
 from sdflow_diffusion.handles import Latent
-from sdflow_diffusion.numerics.sampler_table import SAMPLERS, supported
+from sdflow_diffusion.numerics.sampler_table import DIFFUSERS, SAMPLERS, supported
 from sdflow_diffusion.numerics.sampling import (
     _initial_noise,
     _timesteps,
@@ -49,10 +51,12 @@ def tiny(kind: str):
 
 def ours(kind, prompt=PROMPT, negative=NEGATIVE, *, seed=SEED, steps=STEPS, cfg=7.5, sampler="euler",
          scheduler="normal", batch=1, denoise=1.0, latent=None, progress=None):
-    """The default workflow through sdflow's functions: IMAGE [B, H, W, 3]."""
+    """The default workflow through sdflow's functions, with the diffusers
+    scheduler that serves ``sampler`` (``diffusers:<sampler>``): IMAGE [B, H, W, 3]."""
     _, (model, clip, vae) = tiny(kind)
     latent = latent if latent is not None else empty_latent(SIZE, SIZE, batch)
-    params = Sample(seed=seed, steps=steps, cfg=cfg, sampler=sampler, scheduler=scheduler, denoise=denoise)
+    params = Sample(seed=seed, steps=steps, cfg=cfg, sampler=DIFFUSERS + sampler, scheduler=scheduler,
+                    denoise=denoise)
     denoised = sample(model, encode_text(clip, prompt), encode_text(clip, negative), latent, params,
                       progress=progress)
     return decode(vae, denoised)
@@ -109,7 +113,7 @@ CASES = [
 
 @pytest.mark.parametrize(("kind", "sampler", "scheduler"), CASES)
 def test_txt2img_is_the_pipelines_image(kind, sampler, scheduler):
-    if reason := supported(sampler, scheduler):
+    if reason := supported(DIFFUSERS + sampler, scheduler):
         pytest.skip(reason)
     assert_same_image(ours(kind, sampler=sampler, scheduler=scheduler),
                       theirs(kind, sampler=sampler, scheduler=scheduler))

@@ -29,7 +29,8 @@ from cli import sdflow_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILT_IN_STAGES = {f"diffusion.{name}" for name in (
-    "load_checkpoint", "clip_text_encode", "empty_latent", "sample", "vae_decode", "save_image")}
+    "load_checkpoint", "clip_text_encode", "empty_latent", "sample", "sample_advanced", "vae_decode",
+    "save_image")}
 
 
 # a third-party plugin, as its author would write it -----------------------------

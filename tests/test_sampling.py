@@ -1,18 +1,24 @@
-"""The sampler table: ComfyUI's names, what diffusers can serve, and the
+"""The sampler table: ComfyUI's names (sdflow's implementation of ComfyUI's
+samplers), the ``diffusers:`` names and what diffusers can serve, and the
 scheduler that a (family, sampler, schedule) makes."""
 
 from __future__ import annotations
 
-import typing
-
 import importlib.util
 import inspect
+import json
+import typing
+from pathlib import Path
 import subprocess
 import sys
 
 import pytest
 from sdflow_diffusion.stages.sample import Sample
 from sdflow_diffusion.numerics.sampler_table import (
+    COMFY_SAMPLERS,
+    COMFY_SCHEDULES,
+    DIFFUSERS,
+    SAMPLER_OPTIONS,
     SAMPLERS,
     SCHEDULES,
     SIGMA_SCHEDULE_CLASSES,
@@ -28,8 +34,30 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 def test_the_table_names_exactly_the_stage_choices():
     fields = Sample.model_fields
-    assert tuple(SAMPLERS) == typing.get_args(fields["sampler"].annotation)
-    assert tuple(SCHEDULES) == typing.get_args(fields["scheduler"].annotation)
+    choices = typing.get_args(fields["sampler"].annotation)
+    assert choices == (*COMFY_SAMPLERS, *(DIFFUSERS + name for name in SAMPLERS))
+    assert typing.get_args(fields["scheduler"].annotation) == COMFY_SCHEDULES
+    assert set(SCHEDULES) <= set(COMFY_SCHEDULES)
+
+
+def test_comfyuis_names_are_its_own_and_all_implemented():
+    from sdflow_diffusion.numerics import samplers
+
+    reference = json.loads((Path(__file__).parent / "data" / "comfyui_sigmas.json").read_text())
+    assert set(COMFY_SAMPLERS) <= set(reference["sampler_names"])
+    assert COMFY_SCHEDULES == tuple(reference["scheduler_names"])
+    assert set(samplers.SAMPLERS) == set(COMFY_SAMPLERS)
+    # The options sample exposes are options the implementation takes.
+    for name, options in SAMPLER_OPTIONS.items():
+        assert set(options) <= set(samplers.SAMPLERS[name].options), name
+    discarded = {n for n, info in samplers.SAMPLERS.items() if info.discard_penultimate}
+    assert discarded == set(reference["discard_penultimate_sigma_samplers"])
+
+
+@pytest.mark.parametrize(("sampler", "option"), [("euler", "eta"), ("lms", "s_noise"), ("diffusers:euler", "eta")])
+def test_an_option_a_sampler_does_not_have_is_refused_at_check_time(sampler, option):
+    with pytest.raises(ValueError, match=f"sampler '{sampler}' has no {option}"):
+        Sample(sampler=sampler, **{option: 0.5})
 
 
 def test_checking_a_pair_imports_no_torch():
@@ -38,19 +66,20 @@ def test_checking_a_pair_imports_no_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-@pytest.mark.parametrize("sampler", list(SAMPLERS))
+@pytest.mark.parametrize("sampler", [DIFFUSERS + name for name in SAMPLERS])
 def test_every_sampler_runs_on_its_own_schedule(sampler):
-    if sampler == "lms" and not HAS_SCIPY:
+    if sampler == "diffusers:lms" and not HAS_SCIPY:
         assert "scipy" in supported(sampler, "normal")
     else:
         assert supported(sampler, "normal") is None
 
 
 @pytest.mark.parametrize(("sampler", "scheduler", "words"), [
-    ("euler_ancestral", "karras", "no karras noise schedule"),
-    ("ddim", "exponential", "no exponential noise schedule"),
-    ("lcm", "simple", "fixed timestep spacing"),
-    ("dpmpp_sde", "sgm_uniform", "fixed timestep spacing"),
+    ("diffusers:euler_ancestral", "karras", "no karras noise schedule"),
+    ("diffusers:ddim", "exponential", "no exponential noise schedule"),
+    ("diffusers:lcm", "simple", "fixed timestep spacing"),
+    ("diffusers:dpmpp_sde", "sgm_uniform", "fixed timestep spacing"),
+    ("diffusers:euler", "kl_optimal", "diffusers' schedulers have no 'kl_optimal' schedule"),
     ("eulr", "normal", "unknown sampler"),
     ("euler", "fast", "unknown scheduler"),
 ])
@@ -117,4 +146,4 @@ def test_an_impossible_pair_is_a_stage_error():
     from sdflow.plugin import StageError
 
     with pytest.raises(StageError, match="no karras"):
-        make_scheduler(family_handle("sd15"), "euler_ancestral", "karras")
+        make_scheduler(family_handle("sd15"), "diffusers:euler_ancestral", "karras")

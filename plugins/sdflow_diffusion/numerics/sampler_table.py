@@ -1,14 +1,20 @@
-"""ComfyUI's sampler and schedule names, and the diffusers schedulers that serve them.
+"""The sampler and schedule names ``sample`` takes, and which engine serves each.
+
+Two engines:
+
+* ComfyUI's names (``euler``, ``dpmpp_2m_sde``, ... and ``normal``,
+  ``karras``, ...) are ComfyUI's samplers and schedules with its numbers:
+  sdflow's own implementation (:mod:`~sdflow_diffusion.numerics.samplers`,
+  :mod:`~sdflow_diffusion.numerics.schedules`), equal to ComfyUI's output
+  on the CPU in float32 (tests/test_samplers.py, tests/test_schedules.py).
+* ``diffusers:<name>`` (``diffusers:euler``) is a diffusers scheduler class
+  that serves the method (the table below), over the family's own timestep
+  spacing: the numbers of diffusers' StableDiffusionPipeline, bit for bit
+  (tests/test_parity.py), not ComfyUI's.  Its schedules are the subset
+  diffusers has; where diffusers only has a nearby method, ``note`` says so.
 
 Torch-free on purpose: ``sdflow check`` asks :func:`supported` whether a
-(sampler, schedule) pair can run before anything heavy is imported, and
-:mod:`sdflow_diffusion.numerics.sampling` builds the scheduler from the same table.
-
-A name here is a promise of the method, not of ComfyUI's exact numbers:
-diffusers discretises the noise schedule its own way (the family's timestep
-spacing and steps offset apply), so the same seed and name in both engines
-give similar, not identical, images.  Where diffusers only has a nearby
-method, ``note`` says so.
+(sampler, schedule) pair can run before anything heavy is imported.
 """
 
 from __future__ import annotations
@@ -53,6 +59,31 @@ SAMPLERS: dict[str, SamplerSpec] = {
     "lcm": SamplerSpec("LCMScheduler"),
 }
 
+# ComfyUI's names, in its order (tests check them against ComfyUI's own
+# lists and against the implementations).
+COMFY_SAMPLERS = (
+    "euler", "euler_ancestral", "heun", "heunpp2", "dpm_2", "dpm_2_ancestral", "lms",
+    "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "ddpm", "lcm",
+    "ipndm", "deis", "ddim", "uni_pc", "uni_pc_bh2",
+)
+COMFY_SCHEDULES = ("simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta", "normal",
+                   "linear_quadratic", "kl_optimal")
+# The options of ComfyUI's samplers that ``sample`` exposes (its custom
+# sampler nodes' eta and s_noise), by sampler.
+_ETA = ("eta", "s_noise")
+SAMPLER_OPTIONS: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(("euler", "heun", "heunpp2", "dpm_2"), ("s_noise",)),
+    **dict.fromkeys(("euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde",
+                     "dpmpp_2m_sde", "dpmpp_3m_sde"), _ETA),
+}
+DIFFUSERS = "diffusers:"
+
+
+def sampler_names() -> tuple[str, ...]:
+    """Every name ``sample`` takes: ComfyUI's, then diffusers' prefixed."""
+    return (*COMFY_SAMPLERS, *(DIFFUSERS + name for name in SAMPLERS))
+
+
 # The options a schedule name sets.  Every name sets all three sigma switches,
 # so that "normal" really is the scheduler's own spacing even if a family's
 # config had one of them on.
@@ -84,7 +115,19 @@ SCIPY_CLASSES = frozenset({"LMSDiscreteScheduler"})
 
 
 def supported(sampler: str, scheduler: str) -> str | None:
-    """None if diffusers can run this pair here, else the reason it cannot."""
+    """None if this pair can run here, else the reason it cannot."""
+    if sampler in COMFY_SAMPLERS:
+        if scheduler not in COMFY_SCHEDULES:
+            return f"unknown scheduler '{scheduler}'"
+        if scheduler == "beta" and importlib.util.find_spec("scipy") is None:
+            return "the beta noise schedule needs scipy, which is not installed (pip install scipy)"
+        if sampler in ("dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde") and importlib.util.find_spec("torchsde") is None:
+            return f"sampler '{sampler}' needs torchsde for its Brownian-tree noise (pip install torchsde)"
+        return None
+    if sampler.startswith(DIFFUSERS):
+        sampler = sampler[len(DIFFUSERS):]
+        if sampler in SAMPLERS and scheduler in COMFY_SCHEDULES and scheduler not in SCHEDULES:
+            return f"diffusers' schedulers have no '{scheduler}' schedule; choose one of {', '.join(SCHEDULES)}"
     if sampler not in SAMPLERS:
         return f"unknown sampler '{sampler}'"
     if scheduler not in SCHEDULES:
@@ -102,7 +145,8 @@ def supported(sampler: str, scheduler: str) -> str | None:
 
 def scheduler_options(sampler: str, scheduler: str) -> tuple[str, dict[str, Any]]:
     """The diffusers class name and the options that go over the family's
-    scheduler config.  Schedule options a class does not take are left for
-    the caller to drop (``normal`` sets the sigma switches off everywhere)."""
-    spec = SAMPLERS[sampler]
+    scheduler config, for a diffusers sampler (with or without its
+    ``diffusers:`` prefix).  Schedule options a class does not take are left
+    for the caller to drop (``normal`` sets the sigma switches off everywhere)."""
+    spec = SAMPLERS[sampler.removeprefix(DIFFUSERS)]
     return spec.scheduler_class, {**SCHEDULES[scheduler], **spec.options}

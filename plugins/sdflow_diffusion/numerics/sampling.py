@@ -1,6 +1,10 @@
-"""The sampler: sdflow's own denoising loop over a diffusers scheduler (KSampler).
+"""The sample stage's work: ComfyUI's KSampler, or a diffusers scheduler's loop.
 
-The loop is the one diffusers' Stable Diffusion pipelines run (set the
+ComfyUI's sampler names go to :func:`sdflow_diffusion.numerics.ksampling.ksample`
+(ComfyUI's schedules and samplers, its numbers).  ``diffusers:<name>`` runs
+the loop below over a diffusers scheduler.
+
+The diffusers loop is the one diffusers' Stable Diffusion pipelines run (set the
 timesteps, scale the start by ``init_noise_sigma``, per step scale the
 input, ask the U-Net, apply classifier-free guidance, ``scheduler.step``),
 written out here so that it can start from any latent, stop part way
@@ -61,9 +65,52 @@ def make_scheduler(family: Family, sampler: str, scheduler: str):
     return cls.from_config(config)
 
 
-@torch.no_grad()
+def _refuse_what_cannot_run(model: ModelHandle, latent: Latent) -> None:
+    if model.family.variant == "inpainting":
+        raise StageError(f"'{model.family.name}' is an inpainting checkpoint ({model.family.description}): "
+                         "its U-Net takes a mask and the masked image beside the latent, which sample "
+                         "cannot give it yet",
+                         "use the ordinary checkpoint of the same family to draw; inpainting stages are planned")
+    if latent.noise_mask is not None:
+        raise StageError("this sampler does not support a latent noise mask yet (inpainting)")
+
+
 def sample(model: ModelHandle, positive: Conditioning, negative: Conditioning, latent: Latent, params,
            progress=None) -> Latent:
+    """Denoise ``latent`` as ``params`` (the sample stage's) say: ComfyUI's
+    KSampler for its names, the diffusers loop for ``diffusers:<name>``."""
+    from sdflow_diffusion.numerics.ksampling import ksample
+    from sdflow_diffusion.numerics.sampler_table import DIFFUSERS
+
+    if params.sampler.startswith(DIFFUSERS):
+        return diffusers_sample(model, positive, negative, latent, params, progress)
+    _refuse_what_cannot_run(model, latent)
+    return ksample(model, positive, negative, latent, seed=params.seed, steps=params.steps, cfg=params.cfg,
+                   sampler=params.sampler, scheduler=params.scheduler, denoise=params.denoise,
+                   options=params.sampler_options(), progress=progress)
+
+
+def sample_advanced(model: ModelHandle, positive: Conditioning, negative: Conditioning, latent: Latent,
+                    params, progress=None) -> Latent:
+    """ComfyUI's KSamplerAdvanced: part of a schedule, noise added or not,
+    ending clean or with the noise left."""
+    from sdflow_diffusion.numerics.ksampling import ksample
+    from sdflow_diffusion.numerics.sampler_table import DIFFUSERS
+
+    if params.sampler.startswith(DIFFUSERS):
+        raise StageError("sample_advanced runs ComfyUI's samplers only",
+                         f"use '{params.sampler.removeprefix(DIFFUSERS)}', or sample for diffusers' schedulers")
+    _refuse_what_cannot_run(model, latent)
+    return ksample(model, positive, negative, latent, seed=params.seed, steps=params.steps, cfg=params.cfg,
+                   sampler=params.sampler, scheduler=params.scheduler, start_at_step=params.start_at_step,
+                   end_at_step=params.end_at_step, add_noise=params.add_noise,
+                   full_denoise_at_end=not params.return_with_leftover_noise,
+                   options=params.sampler_options(), progress=progress)
+
+
+@torch.no_grad()
+def diffusers_sample(model: ModelHandle, positive: Conditioning, negative: Conditioning, latent: Latent,
+                     params, progress=None) -> Latent:
     """Denoise ``latent`` in ``params.steps`` steps guided by the prompts (KSampler).
 
     ``params`` is the sample stage's parameter object
@@ -76,13 +123,7 @@ def sample(model: ModelHandle, positive: Conditioning, negative: Conditioning, l
     ``progress.step()`` is called once per step (it raises when interrupted).
     """
     seed, steps, cfg, denoise = params.seed, params.steps, params.cfg, params.denoise
-    if model.family.variant == "inpainting":
-        raise StageError(f"'{model.family.name}' is an inpainting checkpoint ({model.family.description}): "
-                         "its U-Net takes a mask and the masked image beside the latent, which sample "
-                         "cannot give it yet",
-                         "use the ordinary checkpoint of the same family to draw; inpainting stages are planned")
-    if latent.noise_mask is not None:
-        raise StageError("this sampler does not support a latent noise mask yet (inpainting)")
+    _refuse_what_cannot_run(model, latent)
     if denoise <= 0:
         return Latent(latent.samples.clone(), None, dict(latent.extra))
     sched = make_scheduler(model.family, params.sampler, params.scheduler)

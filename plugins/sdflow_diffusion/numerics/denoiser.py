@@ -1,0 +1,124 @@
+"""The U-Net as a denoiser over sigmas, with classifier-free guidance as ComfyUI applies it.
+
+k-diffusion's view of a discrete-time model, which ComfyUI's samplers take:
+a function ``denoise(x, sigma)`` that returns the model's estimate of the
+clean latent, where ``x`` is the clean latent plus noise of standard
+deviation ``sigma``.  For a model trained on timesteps (every Stable
+Diffusion) that means, per call:
+
+1. scale the input to unit variance, ``x / sqrt(sigma^2 + 1)``;
+2. give the U-Net the training timestep nearest to ``sigma``
+   (:meth:`NoiseTable.timestep`, as a float);
+3. turn its output into a clean-latent estimate: ``x - sigma * eps`` for an
+   epsilon model, ``x / (sigma^2 + 1) - sigma * v / sqrt(sigma^2 + 1)`` for
+   a v-prediction one.
+
+Guidance mixes the clean-latent estimates (not the noise estimates, which
+differ from them in the last bits): ``uncond + (cond - uncond) * cfg``; at
+``cfg`` 1 the negative prompt is not run at all.  The prompt and the
+negative go through the U-Net as one batch, ``[negative..., positive...]``.
+
+Everything later stages add to a model call (a noise mask, ControlNet
+residuals, area conditioning, model patches) goes through the
+:class:`DenoiserHook` of this one class, so every sampler gets it without
+a change to any sampler.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+
+from sdflow_diffusion.handles import ModelHandle
+from sdflow_diffusion.numerics.schedules import NoiseTable
+
+
+@dataclass
+class UNetCall:
+    """One U-Net evaluation, as a hook may change it before it runs: the
+    scaled input, the timesteps, the text context, SDXL's added conditions
+    and any further keyword arguments of diffusers' U-Net (e.g. ControlNet's
+    ``down_block_additional_residuals``)."""
+
+    sample: torch.Tensor
+    timestep: torch.Tensor
+    context: torch.Tensor
+    added: dict[str, torch.Tensor] | None
+    sigma: torch.Tensor
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class DenoiserHook(Protocol):
+    """What a stage may add to every model call of a sampling run."""
+
+    def before_unet(self, call: UNetCall) -> None:
+        """Change the U-Net call in place (inputs, context, residuals)."""
+
+    def after_denoise(self, denoised: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """The guided clean-latent estimate, changed (e.g. masked); return it."""
+
+
+class Denoiser:
+    """``denoise(x, sigma)``: the guided clean-latent estimate of a model for
+    a batch ``x`` at noise level ``sigma`` (a 0-dim CPU tensor).
+
+    ``context`` and ``added`` are the U-Net's text conditions for the whole
+    guided batch (``[negative, positive]`` when ``guided``, else the
+    positive alone), as :func:`sdflow_diffusion.numerics.sampling._conditioning`
+    builds them.
+    """
+
+    def __init__(self, model: ModelHandle, table: NoiseTable, context: torch.Tensor,
+                 added: dict[str, torch.Tensor] | None, cfg: float, guided: bool,
+                 hooks: tuple[DenoiserHook, ...] = ()) -> None:
+        self.model, self.table = model, table
+        self.context, self.added = context, added
+        self.cfg, self.guided = cfg, guided
+        self.hooks = hooks
+        self.v_prediction = model.family.prediction_type == "v_prediction"
+        self.calls = 0
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        scaled = x / (sigma**2 + 1.0) ** 0.5
+        batch = x.shape[0] * (2 if self.guided else 1)
+        timestep = self.table.timestep(sigma).float().expand(batch).to(x.device)
+        call = UNetCall(
+            sample=(torch.cat([scaled, scaled]) if self.guided else scaled).to(self.model.dtype),
+            timestep=timestep, context=self.context, added=self.added, sigma=sigma,
+        )
+        for hook in self.hooks:
+            hook.before_unet(call)
+        output = self.model.unet(call.sample, call.timestep, encoder_hidden_states=call.context,
+                                 added_cond_kwargs=call.added, return_dict=False, **call.extra)[0].float()
+        inputs = torch.cat([x, x]) if self.guided else x
+        denoised = self._clean(output, inputs, sigma)
+        if self.guided:
+            uncond, cond = denoised.chunk(2)
+            denoised = uncond + (cond - uncond) * self.cfg
+        for hook in self.hooks:
+            denoised = hook.after_denoise(denoised, x, sigma)
+        return denoised
+
+    def _clean(self, output: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """The clean-latent estimate from the U-Net's output (sigma_data 1)."""
+        if self.v_prediction:
+            return x * 1.0 / (sigma**2 + 1.0) - output * sigma * 1.0 / (sigma**2 + 1.0) ** 0.5
+        return x - output * sigma
+
+
+def start_noise(table: NoiseTable, sigmas: torch.Tensor, noise: torch.Tensor,
+                latent: torch.Tensor) -> torch.Tensor:
+    """The sampler's starting point: the latent plus the noise at the first
+    sigma.  A schedule that starts at the top of the table (txt2img) scales
+    the noise by sqrt(1 + sigma^2), as ComfyUI does, so the start has the
+    variance the model was trained on; one that starts lower (img2img) by
+    sigma."""
+    first = sigmas[0]
+    top = float(table.sigma_max)
+    at_top = math.isclose(top, float(first), rel_tol=1e-5) or float(first) > top
+    scale = torch.sqrt(1.0 + first**2.0) if at_top else first
+    return noise * scale.to(noise.device) + latent
