@@ -22,8 +22,8 @@ from sdflow_diffusion.numerics.decode import decode, to_pil
 from sdflow_diffusion.numerics.encode import encode_text, token_windows
 from sdflow_diffusion.handles import Latent
 from sdflow_diffusion.numerics.sampler_table import DIFFUSERS, SAMPLERS, supported
+from sdflow_diffusion.numerics.denoiser import initial_noise
 from sdflow_diffusion.numerics.sampling import (
-    _initial_noise,
     _timesteps,
     empty_latent,
     make_scheduler,
@@ -172,9 +172,9 @@ def test_a_batch_is_the_pipelines_batch():
 
 
 def test_image_i_of_a_batch_is_drawn_from_seed_plus_i():
-    noise, _ = _initial_noise((3, 4, 4, 4), SEED)
+    noise, _ = initial_noise((3, 4, 4, 4), SEED)
     for i in range(3):
-        single, _ = _initial_noise((1, 4, 4, 4), SEED + i)
+        single, _ = initial_noise((1, 4, 4, 4), SEED + i)
         assert torch.equal(noise[i], single[0])
     batch = ours("sd1", sampler="euler_ancestral", batch=2)
     for i in range(2):

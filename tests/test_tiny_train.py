@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from sdflow_diffusion.models.load import load_checkpoint
 from sdflow_diffusion.models.lookup import shipped_models
 from sdflow_diffusion.models.families import detect_family, expected_shapes, family_dir
-from sdflow_diffusion.models.single_file import _read_header
+from sdflow_diffusion.models.files import header_shapes, safetensors_header
 from training.tiny import model as tiny_model
 
 from sdflow_diffusion.settings import DiffusionSettings
@@ -37,7 +37,7 @@ def test_sdflow_tiny_is_told_apart_from_the_other_sd1_families_by_shape():
 
 def test_the_shipped_file_loads_as_a_users_sd1_file_does():
     path = shipped_models()["sdflow-tiny.safetensors"]
-    shapes, _ = _read_header(path)
+    shapes, _ = header_shapes(safetensors_header(path))
     assert detect_family(shapes) == "sdflow-tiny"
     model, clip, vae = load_checkpoint(path, DiffusionSettings(device="cpu"))
     family = model.family
@@ -60,7 +60,7 @@ def test_a_short_training_run_writes_a_loadable_reproducible_file(tmp_path):
     a, b = load_file(str(first)), load_file(str(second))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "a" / "checkpoints" / "sdflow-tiny-step00001.safetensors").is_file()
-    shapes, metadata = _read_header(first)
+    shapes, metadata = header_shapes(safetensors_header(first))
     assert detect_family(shapes) == "sdflow-tiny"
     assert metadata["modelspec.prediction_type"] == "v"
     log = json.loads((tmp_path / "a" / "train_log.json").read_text())

@@ -32,8 +32,11 @@ from typing import Any, Protocol
 
 import torch
 
-from sdflow_diffusion.handles import ModelHandle
+from sdflow.plugin import StageError
+from sdflow_diffusion.handles import Conditioning, ModelHandle
 from sdflow_diffusion.numerics.schedules import NoiseTable
+
+AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE = 6.0, 2.5  # the SDXL refiner's, as diffusers sets them
 
 
 @dataclass
@@ -67,8 +70,7 @@ class Denoiser:
 
     ``context`` and ``added`` are the U-Net's text conditions for the whole
     guided batch (``[negative, positive]`` when ``guided``, else the
-    positive alone), as :func:`sdflow_diffusion.numerics.sampling._conditioning`
-    builds them.
+    positive alone), as :func:`unet_conditions` builds them.
     """
 
     def __init__(self, model: ModelHandle, table: NoiseTable, context: torch.Tensor,
@@ -122,3 +124,60 @@ def start_noise(table: NoiseTable, sigmas: torch.Tensor, noise: torch.Tensor,
     at_top = math.isclose(top, float(first), rel_tol=1e-5) or float(first) > top
     scale = torch.sqrt(1.0 + first**2.0) if at_top else first
     return noise * scale.to(noise.device) + latent
+
+
+def initial_noise(shape, seed: int) -> tuple[torch.Tensor, list[torch.Generator]]:
+    """Standard normal noise drawn on the CPU, image i from ``seed + i``, and the
+    generators, which go on to serve the sampler's own noise."""
+    generators = [torch.Generator("cpu").manual_seed((seed + i) % 2**64) for i in range(shape[0])]
+    noise = [torch.randn((1, *shape[1:]), generator=g, dtype=torch.float32) for g in generators]
+    return torch.cat(noise), generators
+
+
+def unet_conditions(model: ModelHandle, positive: Conditioning, negative: Conditioning, shape,
+                  guided: bool) -> tuple[torch.Tensor, dict | None]:
+    """The U-Net's cross-attention context for the batch, [negative..., positive...]
+    when guided, and SDXL's added conditions (pooled text, size and crop)."""
+    batch = shape[0]
+    pos, neg = positive.embeds, negative.embeds
+    expected = model.unet.config.cross_attention_dim
+    if {pos.shape[-1], neg.shape[-1]} != {expected}:
+        raise StageError(f"the prompts were encoded for another model: {pos.shape[-1]} and "
+                         f"{neg.shape[-1]} features, this U-Net takes {expected}",
+                         "encode the prompts with the same checkpoint's clip")
+    if guided:
+        pos, neg = _common_length(pos, neg)
+    parts = [neg, pos] if guided else [pos]
+    context = torch.cat([p.to(model.device, model.dtype).expand(batch, -1, -1) for p in parts])
+    added_conditions = model.family.architecture.added_conditions
+    if added_conditions is None:
+        return context, None
+    pooled = [negative.pooled, positive.pooled] if guided else [positive.pooled]
+    if any(p is None for p in pooled):
+        raise StageError(f"{model.family.architecture.description} needs prompts encoded by its own CLIP "
+                         "(with a pooled embedding)",
+                         "encode the prompts with the same checkpoint's clip")
+    text_embeds = torch.cat([p.to(model.device, model.dtype).expand(batch, -1) for p in pooled])
+    # SDXL's micro-conditioning: original size = target size = the image size, crop (0, 0);
+    # the refiner's has an aesthetic score where the target size was (diffusers'
+    # defaults: 6 for the prompt, 2.5 for the negative).
+    factor = model.family.vae_scale_factor
+    height, width = shape[-2] * factor, shape[-1] * factor
+    if added_conditions == "text_time_aesthetic":
+        scores = [NEGATIVE_AESTHETIC_SCORE, AESTHETIC_SCORE] if guided else [AESTHETIC_SCORE]
+        rows = [[height, width, 0, 0, score] for score in scores for _ in range(batch)]
+    else:
+        rows = [[height, width, 0, 0, height, width]] * len(text_embeds)
+    time_ids = torch.tensor(rows, dtype=model.dtype, device=model.device)
+    return context, {"text_embeds": text_embeds, "time_ids": time_ids}
+
+
+def _common_length(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts of different lengths (in 77-token windows) repeated to their least
+    common multiple, as ComfyUI does, so both fit one batch.  Repeating a whole
+    prompt k times leaves cross-attention's output as it was: every key and
+    value appears k times, so the softmax average is the same."""
+    if a.shape[1] == b.shape[1]:
+        return a, b
+    length = math.lcm(a.shape[1], b.shape[1])
+    return a.repeat(1, length // a.shape[1], 1), b.repeat(1, length // b.shape[1], 1)

@@ -24,7 +24,7 @@ import torch
 
 from sdflow.plugin import StageError
 from sdflow_diffusion.handles import Conditioning, Latent, ModelHandle
-from sdflow_diffusion.numerics.denoiser import Denoiser, DenoiserHook, start_noise
+from sdflow_diffusion.numerics.denoiser import Denoiser, DenoiserHook, initial_noise, start_noise, unet_conditions
 from sdflow_diffusion.numerics.schedules import NoiseTable, schedule
 
 MAX_SCHEDULE = 10_000
@@ -60,7 +60,6 @@ def ksample(model: ModelHandle, positive: Conditioning, negative: Conditioning, 
             hooks: tuple[DenoiserHook, ...] = (), progress=None) -> Latent:
     """Denoise ``latent`` as ComfyUI's KSampler (Advanced) does; ``options``
     are the sampler's own (eta, s_noise ...)."""
-    from sdflow_diffusion.numerics.sampling import _conditioning, _initial_noise
     from sdflow_diffusion.numerics.samplers import SAMPLERS, brownian_noise, gaussian_noise
 
     info = SAMPLERS[sampler]
@@ -70,11 +69,11 @@ def ksample(model: ModelHandle, positive: Conditioning, negative: Conditioning, 
     start = latent.samples.to(model.device, torch.float32)
     if len(sigmas) < 2:  # nothing to sample: the latent as it came
         return Latent(latent.samples.clone(), latent.noise_mask, dict(latent.extra))
-    noise, _generators = _initial_noise(start.shape, seed)
+    noise, _generators = initial_noise(start.shape, seed)
     noise = noise.to(model.device) if add_noise else torch.zeros_like(start)
     x = start_noise(table, sigmas, noise, start)
     guided = not math.isclose(cfg, 1.0)
-    context, added = _conditioning(model, positive, negative, x.shape, guided)
+    context, added = unet_conditions(model, positive, negative, x.shape, guided)
     denoiser = Denoiser(model, table, context, added, cfg, guided, hooks)
     seeds = [(seed + i) % 2**64 for i in range(x.shape[0])]
     noise_sampler = None

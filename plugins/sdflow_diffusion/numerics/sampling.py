@@ -28,18 +28,17 @@ float32 on the CPU.
 from __future__ import annotations
 
 import inspect
-import math
 
 import torch
 
 from sdflow.plugin import StageError
 from sdflow_diffusion.handles import Conditioning, Family, Latent, ModelHandle
+from sdflow_diffusion.numerics.denoiser import initial_noise, unet_conditions
 from sdflow_diffusion.numerics.sampler_table import scheduler_options, supported
 
 LATENT_CHANNELS = 4
 LATENT_FACTOR = 8  # pixels per latent cell in every supported family
 MAX_SCHEDULE = 10_000
-AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE = 6.0, 2.5  # the SDXL refiner's, as diffusers sets them
 
 
 def empty_latent(width: int, height: int, batch: int) -> Latent:
@@ -130,7 +129,7 @@ def diffusers_sample(model: ModelHandle, positive: Conditioning, negative: Condi
     timesteps, begin = _timesteps(sched, steps, denoise, model.device)
     x, generators = _noisy_start(sched, latent.samples.to(model.device, torch.float32), seed, timesteps, begin)
     guided = cfg > 1  # as the pipelines: at cfg <= 1 the negative is not run
-    context, added = _conditioning(model, positive, negative, x.shape, guided)
+    context, added = unet_conditions(model, positive, negative, x.shape, guided)
     step_args = _step_arguments(sched, generators)
     for i, t in enumerate(timesteps):
         inputs = torch.cat([x] * 2) if guided else x
@@ -169,19 +168,11 @@ def _noisy_start(sched, start: torch.Tensor, seed: int, timesteps: torch.Tensor,
     From an empty latent over the whole schedule this is the pipelines'
     ``noise * init_noise_sigma``; otherwise the latent is noised to the first
     timestep by the scheduler (``add_noise``, as img2img does)."""
-    noise, generators = _initial_noise(start.shape, seed)
+    noise, generators = initial_noise(start.shape, seed)
     noise = noise.to(start.device)
     if begin == 0 and not start.any():
         return noise * sched.init_noise_sigma, generators
     return sched.add_noise(start, noise, timesteps[:1].repeat(start.shape[0])), generators
-
-
-def _initial_noise(shape, seed: int) -> tuple[torch.Tensor, list[torch.Generator]]:
-    """Standard normal noise drawn on the CPU, image i from ``seed + i``, and the
-    generators, which go on to serve the sampler's own noise."""
-    generators = [torch.Generator("cpu").manual_seed((seed + i) % 2**64) for i in range(shape[0])]
-    noise = [torch.randn((1, *shape[1:]), generator=g, dtype=torch.float32) for g in generators]
-    return torch.cat(noise), generators
 
 
 def _step_arguments(sched, generators) -> dict:
@@ -194,52 +185,3 @@ def _step_arguments(sched, generators) -> dict:
     if "eta" in accepted:
         arguments["eta"] = 0.0
     return arguments
-
-
-def _conditioning(model: ModelHandle, positive: Conditioning, negative: Conditioning, shape,
-                  guided: bool) -> tuple[torch.Tensor, dict | None]:
-    """The U-Net's cross-attention context for the batch, [negative..., positive...]
-    when guided, and SDXL's added conditions (pooled text, size and crop)."""
-    batch = shape[0]
-    pos, neg = positive.embeds, negative.embeds
-    expected = model.unet.config.cross_attention_dim
-    if {pos.shape[-1], neg.shape[-1]} != {expected}:
-        raise StageError(f"the prompts were encoded for another model: {pos.shape[-1]} and "
-                         f"{neg.shape[-1]} features, this U-Net takes {expected}",
-                         "encode the prompts with the same checkpoint's clip")
-    if guided:
-        pos, neg = _common_length(pos, neg)
-    parts = [neg, pos] if guided else [pos]
-    context = torch.cat([p.to(model.device, model.dtype).expand(batch, -1, -1) for p in parts])
-    added_conditions = model.family.architecture.added_conditions
-    if added_conditions is None:
-        return context, None
-    pooled = [negative.pooled, positive.pooled] if guided else [positive.pooled]
-    if any(p is None for p in pooled):
-        raise StageError(f"{model.family.architecture.description} needs prompts encoded by its own CLIP "
-                         "(with a pooled embedding)",
-                         "encode the prompts with the same checkpoint's clip")
-    text_embeds = torch.cat([p.to(model.device, model.dtype).expand(batch, -1) for p in pooled])
-    # SDXL's micro-conditioning: original size = target size = the image size, crop (0, 0);
-    # the refiner's has an aesthetic score where the target size was (diffusers'
-    # defaults: 6 for the prompt, 2.5 for the negative).
-    factor = model.family.vae_scale_factor
-    height, width = shape[-2] * factor, shape[-1] * factor
-    if added_conditions == "text_time_aesthetic":
-        scores = [NEGATIVE_AESTHETIC_SCORE, AESTHETIC_SCORE] if guided else [AESTHETIC_SCORE]
-        rows = [[height, width, 0, 0, score] for score in scores for _ in range(batch)]
-    else:
-        rows = [[height, width, 0, 0, height, width]] * len(text_embeds)
-    time_ids = torch.tensor(rows, dtype=model.dtype, device=model.device)
-    return context, {"text_embeds": text_embeds, "time_ids": time_ids}
-
-
-def _common_length(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompts of different lengths (in 77-token windows) repeated to their least
-    common multiple, as ComfyUI does, so both fit one batch.  Repeating a whole
-    prompt k times leaves cross-attention's output as it was: every key and
-    value appears k times, so the softmax average is the same."""
-    if a.shape[1] == b.shape[1]:
-        return a, b
-    length = math.lcm(a.shape[1], b.shape[1])
-    return a.repeat(1, length // a.shape[1], 1), b.repeat(1, length // b.shape[1], 1)
