@@ -328,19 +328,16 @@ def _dumps(obj, level=0):
     return json.dumps(obj, allow_nan=False)
 
 
-def main(argv=None):
-    args = _parse_args(argv)
-    comfy, stand_in = _import_comfy(args.comfyui)
+def provenance(args, comfy, what: str, generator: str, stand_in: bool, **environment) -> dict:
+    """The head of a reference file: what it holds, which ComfyUI made it, and where."""
     import numpy
     import scipy
     import torch
 
-    torch.set_num_threads(1)
-    samplers = comfy.samplers
-    data = {
+    return {
         "format": 1,
-        "what": "sigma schedules computed by ComfyUI's own code (numbers only; see tests/data/README.md)",
-        "generator": "benchmarks/comfy_reference.py",
+        "what": f"{what} (numbers only; see tests/data/README.md)",
+        "generator": generator,
         "generated_utc": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
         "comfyui": {
             "repository": args.repository,
@@ -352,9 +349,23 @@ def main(argv=None):
             "torch": torch.__version__,
             "numpy": numpy.__version__,
             "scipy": scipy.__version__,
+            **environment,
             "torchvision_stand_in": stand_in,
             "device": "cpu",
         },
+    }
+
+
+def main(argv=None):
+    args = _parse_args(argv)
+    comfy, stand_in = _import_comfy(args.comfyui)
+    import torch
+
+    torch.set_num_threads(1)
+    samplers = comfy.samplers
+    data = {
+        **provenance(args, comfy, "sigma schedules computed by ComfyUI's own code", "benchmarks/comfy_reference.py",
+                     stand_in),
         "float_encoding": "repr of float32 values; non-finite values as the strings "
         "'NaN', 'Infinity', '-Infinity'",
         "scheduler_names": list(samplers.SCHEDULER_NAMES),

@@ -46,11 +46,9 @@ Example::
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib
 import json
 import os
-import platform
 import sys
 
 import comfy_reference  # this folder's schedule script: ComfyUI import and model_sampling set-up
@@ -255,8 +253,6 @@ def main(argv=None):
     comfy, stand_in = comfy_reference._import_comfy(args.comfyui)
     comfy.sample = importlib.import_module("comfy.sample")
     comfy.k_diffusion_sampling = importlib.import_module("comfy.k_diffusion.sampling")
-    import numpy
-    import scipy
     import torch
     import torchsde
 
@@ -265,25 +261,9 @@ def main(argv=None):
     fake = comfy_reference._FakeModel(ms)
 
     data = {
-        "format": 1,
-        "what": "latents from ComfyUI's samplers with a toy model (numbers only; see tests/data/README.md)",
-        "generator": "benchmarks/comfy_reference_samplers.py",
-        "generated_utc": datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
-        "comfyui": {
-            "repository": args.repository,
-            "commit": comfy_reference._commit_of(args.comfyui, args.commit),
-            "version": comfy.version,
-        },
-        "environment": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "numpy": numpy.__version__,
-            "scipy": scipy.__version__,
-            "torchsde": torchsde.__version__,
-            "torchvision_stand_in": stand_in,
-            "device": "cpu",
-            "threads": torch.get_num_threads(),
-        },
+        **comfy_reference.provenance(args, comfy, "latents from ComfyUI's samplers with a toy model",
+                                     "benchmarks/comfy_reference_samplers.py", stand_in,
+                                     torchsde=torchsde.__version__, threads=torch.get_num_threads()),
         "model": f"SD 1.5 model_sampling (supported_models.SD15, {model_type.name}); "
                  "the denoiser is toy_denoise, not a U-Net",
         "toy_denoise": "mean = ((arange(256) % 5) - 2.0) * 0.1 as [1, 4, 8, 8] float32; "

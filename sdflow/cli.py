@@ -196,18 +196,18 @@ def _check_file(path: str, registry, overrides):
 
     read = _read(path)
     if read.diagnostics:  # not UTF-8: nothing more can be said of it
-        return read.text, None, None, list(read.diagnostics)
+        return read.text, None, list(read.diagnostics)
     try:
-        recipe, graph, diagnostics = check_source(read.text, path, registry, overrides)
+        _recipe, graph, diagnostics = check_source(read.text, path, registry, overrides)
     except UsageError as err:
         raise _Usage(str(err)) from None
-    return read.text, recipe, graph, diagnostics
+    return read.text, graph, diagnostics
 
 
 def _checked_graph(args):
     """Check ``args.file`` with ``args.set``; print its diagnostics; return
     its source and its graph (None when it has errors)."""
-    source, _recipe, graph, diagnostics = _check_file(args.file, _registry(), _overrides(args.set))
+    source, graph, diagnostics = _check_file(args.file, _registry(), _overrides(args.set))
     print_diagnostics(diagnostics, {args.file: source}, sys.stderr, args.max_diagnostics)
     return source, graph
 
@@ -218,7 +218,7 @@ def _cmd_check(args) -> int:
     status = EXIT_OK
     for path in args.files:
         try:
-            source, _recipe, graph, diagnostics = _check_file(path, registry, overrides)
+            source, graph, diagnostics = _check_file(path, registry, overrides)
         except _Usage as err:  # one file that is not a recipe; the others are still checked
             print(f"sdflow: error: {err}", file=sys.stderr)
             status = EXIT_USAGE

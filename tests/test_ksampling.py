@@ -24,7 +24,7 @@ from sdflow_diffusion.numerics.sampler_table import COMFY_SAMPLERS
 from sdflow_diffusion.numerics.sampling import empty_latent, sample, sample_advanced
 from sdflow_diffusion.numerics.schedules import NoiseTable, schedule
 from sdflow_diffusion.stages.sample import Sample, SampleAdvanced
-from sdflow_diffusion.testing import tiny_handles
+from sdflow_diffusion.testing import StepCounter as Steps, tiny_handles
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -73,16 +73,6 @@ def test_cfg_one_never_runs_the_negative():
 def test_a_clean_latent_at_denoise_zero_comes_back_as_it_was():
     start = Latent(torch.randn(1, 4, 4, 4))
     assert torch.equal(run(latent=start, denoise=0.0), start.samples)
-
-
-class Steps:
-    def __init__(self, stop_after=None):
-        self.count, self.stop_after = 0, stop_after
-
-    def step(self, n=1):
-        self.count += n
-        if self.stop_after is not None and self.count >= self.stop_after:
-            raise Interrupted()
 
 
 @pytest.mark.parametrize(("sampler", "denoise"), [("euler", 1.0), ("heun", 1.0), ("dpm_2", 1.0),

@@ -29,7 +29,7 @@ from sdflow_diffusion.numerics.sampling import (
     make_scheduler,
     sample,
 )
-from sdflow_diffusion.testing import make_pipeline, tiny_components, tiny_handles
+from sdflow_diffusion.testing import StepCounter as Steps, make_pipeline, tiny_components, tiny_handles
 
 from sdflow.plugin import Interrupted, StageError
 from sdflow_diffusion.stages.sample import Sample
@@ -241,16 +241,6 @@ def test_denoise_zero_returns_the_latent():
 def test_cfg_one_skips_the_negative_as_the_pipeline_does():
     assert_same_image(ours("sd1", cfg=1.0), theirs("sd1", cfg=1.0))
     assert torch.equal(ours("sd1", cfg=1.0), ours("sd1", negative="something else", cfg=1.0))
-
-
-class Steps:
-    def __init__(self, stop_after=None):
-        self.count, self.stop_after = 0, stop_after
-
-    def step(self, n=1):
-        self.count += n
-        if self.stop_after is not None and self.count >= self.stop_after:
-            raise Interrupted()
 
 
 @pytest.mark.parametrize(("sampler", "denoise"), [("euler", 1.0), ("heun", 1.0), ("dpm_2", 1.0),

@@ -168,3 +168,19 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+class StepCounter:
+    """A stand-in for a stage's progress counter: counts ``step()`` calls and
+    raises :class:`Interrupted` after ``stop_after`` of them, as a user's
+    Ctrl-C would."""
+
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.count, self.stop_after = 0, stop_after
+
+    def step(self, n: int = 1) -> None:
+        from sdflow.plugin import Interrupted
+
+        self.count += n
+        if self.stop_after is not None and self.count >= self.stop_after:
+            raise Interrupted()

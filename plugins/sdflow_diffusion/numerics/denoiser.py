@@ -81,10 +81,8 @@ class Denoiser:
         self.cfg, self.guided = cfg, guided
         self.hooks = hooks
         self.v_prediction = model.family.prediction_type == "v_prediction"
-        self.calls = 0
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
         scaled = x / (sigma**2 + 1.0) ** 0.5
         batch = x.shape[0] * (2 if self.guided else 1)
         timestep = self.table.timestep(sigma).float().expand(batch).to(x.device)

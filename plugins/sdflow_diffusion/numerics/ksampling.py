@@ -22,12 +22,9 @@ import math
 
 import torch
 
-from sdflow.plugin import StageError
 from sdflow_diffusion.handles import Conditioning, Latent, ModelHandle
 from sdflow_diffusion.numerics.denoiser import Denoiser, DenoiserHook, initial_noise, start_noise, unet_conditions
 from sdflow_diffusion.numerics.schedules import NoiseTable, schedule
-
-MAX_SCHEDULE = 10_000
 
 
 def sigmas_for(table: NoiseTable, scheduler: str, steps: int, denoise: float = 1.0,
@@ -38,10 +35,6 @@ def sigmas_for(table: NoiseTable, scheduler: str, steps: int, denoise: float = 1
     then up to ``end_at_step`` (its last sigma set to 0 when
     ``full_denoise_at_end``), then from ``start_at_step``.  Empty when
     nothing is left to sample."""
-    total = steps if denoise > 0.9999 else int(steps / denoise) if denoise > 0 else 0
-    if total > MAX_SCHEDULE:
-        raise StageError(f"denoise {denoise} with {steps} steps makes a schedule of {total} steps",
-                         "raise denoise or lower steps")
     sigmas = schedule(table, scheduler, steps, denoise, discard_penultimate)
     if end_at_step is not None and end_at_step < len(sigmas) - 1:
         sigmas = sigmas[: end_at_step + 1].clone()

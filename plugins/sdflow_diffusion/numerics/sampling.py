@@ -35,10 +35,10 @@ from sdflow.plugin import StageError
 from sdflow_diffusion.handles import Conditioning, Family, Latent, ModelHandle
 from sdflow_diffusion.numerics.denoiser import initial_noise, unet_conditions
 from sdflow_diffusion.numerics.sampler_table import scheduler_options, supported
+from sdflow_diffusion.numerics.schedules import check_length
 
 LATENT_CHANNELS = 4
 LATENT_FACTOR = 8  # pixels per latent cell in every supported family
-MAX_SCHEDULE = 10_000
 
 
 def empty_latent(width: int, height: int, batch: int) -> Latent:
@@ -149,9 +149,7 @@ def diffusers_sample(model: ModelHandle, positive: Conditioning, negative: Condi
 def _timesteps(sched, steps: int, denoise: float, device) -> tuple[torch.Tensor, int]:
     """The timesteps to run and the scheduler index they begin at."""
     total = steps if denoise >= 1 else int(steps / denoise)
-    if total > MAX_SCHEDULE:
-        raise StageError(f"denoise {denoise} with {steps} steps makes a schedule of {total} steps",
-                         "raise denoise or lower steps")
+    check_length(total, steps, denoise)
     try:
         sched.set_timesteps(total, device=device)
     except ValueError as err:  # e.g. more steps than the scheduler can place

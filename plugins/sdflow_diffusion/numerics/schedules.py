@@ -23,6 +23,8 @@ from typing import Callable
 
 import torch
 
+from sdflow.plugin import StageError
+
 # The last level of a zero-terminal-SNR table, where pure noise would be
 # infinite sigma: ComfyUI keeps it finite with this alpha-bar.
 ZSNR_LAST_ALPHA_BAR = 4.8973451890853435e-08
@@ -217,6 +219,17 @@ SCHEDULES: dict[str, Callable[[NoiseTable, int], torch.Tensor]] = {
 """ComfyUI's schedule names, in its order."""
 
 
+MAX_SCHEDULE = 10_000
+"""The longest schedule made (``denoise`` makes ``steps / denoise`` steps)."""
+
+
+def check_length(total: int, steps: int, denoise: float) -> None:
+    """Refuse a schedule of more than ``MAX_SCHEDULE`` steps."""
+    if total > MAX_SCHEDULE:
+        raise StageError(f"denoise {denoise} with {steps} steps makes a schedule of {total} steps",
+                         "raise denoise or lower steps")
+
+
 def schedule(table: NoiseTable, name: str, steps: int, denoise: float = 1.0,
              discard_penultimate: bool = False) -> torch.Tensor:
     """The sigmas a ComfyUI KSampler samples at: ``steps + 1`` values, the
@@ -231,6 +244,7 @@ def schedule(table: NoiseTable, name: str, steps: int, denoise: float = 1.0,
     if denoise <= 0:
         return torch.zeros(0, dtype=torch.float32)
     total = steps if denoise > 0.9999 else int(steps / denoise)
+    check_length(total, steps, denoise)
     if discard_penultimate:
         sigmas = SCHEDULES[name](table, total + 1)
         sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
