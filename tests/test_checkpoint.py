@@ -438,16 +438,27 @@ def test_loading_prints_nothing_and_needs_no_network(tiny):
     assert (run.returncode, run.stdout, run.stderr) == (0, "", "")
 
 
-def test_an_inpainting_checkpoint_is_its_familys_variant_and_sampling_says_what_it_lacks(tmp_path):
+@pytest.mark.parametrize("layout", ["single", "diffusers"])
+def test_an_inpainting_checkpoint_is_its_familys_variant_and_samples(tmp_path, layout):
+    from sdflow_diffusion.handles import Latent
     from sdflow_diffusion.numerics.encode import encode_text
     from sdflow_diffusion.numerics.sampling import empty_latent, sample
     from sdflow_diffusion.stages.sample import Sample
+    from sdflow_diffusion.testing import save_diffusers
 
     assert detect_family(expected_shapes("sd2-inpaint"), "epsilon") == "sd2-inpaint"
     components = tiny_components("sd1", seed=2, family="sd1-inpaint-tiny")
-    path = save_single_file(components, tmp_path / "512-inpainting.safetensors")
+    if layout == "single":
+        path = save_single_file(components, tmp_path / "512-inpainting.safetensors")
+    else:
+        path = save_diffusers(components, tmp_path / "tiny-inpainting")
     model, clip, _ = load_checkpoint(path, CPU)
     assert (model.family.name, model.family.variant, model.unet.config.in_channels) == (
         "sd1-inpaint-tiny", "inpainting", 9)
-    with pytest.raises(StageError, match="'sd1-inpaint-tiny' is an inpainting checkpoint"):
-        sample(model, encode_text(clip, "a cat"), encode_text(clip, ""), empty_latent(32, 32, 1), Sample(steps=1))
+    # Without a mask it draws everything (ComfyUI's all-ones mask and grey image).
+    drawn = sample(model, encode_text(clip, "a cat"), encode_text(clip, ""), empty_latent(32, 32, 1),
+                   Sample(steps=1))
+    assert drawn.samples.shape == (1, 4, 4, 4) and drawn.samples.abs().sum() > 0
+    masked = Latent(drawn.samples, noise_mask=torch.ones((1, 1, 32, 32)))
+    assert sample(model, encode_text(clip, "a cat"), encode_text(clip, ""), masked, Sample(steps=1)).samples.shape \
+        == (1, 4, 4, 4)

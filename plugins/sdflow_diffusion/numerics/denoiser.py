@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
@@ -54,14 +54,21 @@ class UNetCall:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class DenoiserHook(Protocol):
-    """What a stage may add to every model call of a sampling run."""
+class DenoiserHook:
+    """What a stage may add to every model call of a sampling run.  Each
+    method does nothing here: a hook overrides the ones it needs."""
+
+    def before_denoise(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """The noisy latent the model is asked about, changed (e.g. the kept
+        region of an inpainting put back at this noise level); return it."""
+        return x
 
     def before_unet(self, call: UNetCall) -> None:
         """Change the U-Net call in place (inputs, context, residuals)."""
 
     def after_denoise(self, denoised: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """The guided clean-latent estimate, changed (e.g. masked); return it."""
+        return denoised
 
 
 class Denoiser:
@@ -83,6 +90,8 @@ class Denoiser:
         self.v_prediction = model.family.prediction_type == "v_prediction"
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        for hook in self.hooks:
+            x = hook.before_denoise(x, sigma)
         scaled = x / (sigma**2 + 1.0) ** 0.5
         batch = x.shape[0] * (2 if self.guided else 1)
         timestep = self.table.timestep(sigma).float().expand(batch).to(x.device)
@@ -124,10 +133,21 @@ def start_noise(table: NoiseTable, sigmas: torch.Tensor, noise: torch.Tensor,
     return noise * scale.to(noise.device) + latent
 
 
-def initial_noise(shape, seed: int) -> tuple[torch.Tensor, list[torch.Generator]]:
-    """Standard normal noise drawn on the CPU, image i from ``seed + i``, and the
-    generators, which go on to serve the sampler's own noise."""
-    generators = [torch.Generator("cpu").manual_seed((seed + i) % 2**64) for i in range(shape[0])]
+def image_seeds(seed: int, batch: int, batch_index: list[int] | None = None) -> list[int]:
+    """Each image's seed: image i of a batch has ``seed + i``, or ``seed +
+    batch_index[i]`` when the latent says which image of a larger batch it
+    was (latent_from_batch, repeat_latent_batch), so a picked image keeps
+    its noise."""
+    offsets = list(batch_index) if batch_index is not None and len(batch_index) == batch else range(batch)
+    return [(seed + i) % 2**64 for i in offsets]
+
+
+def initial_noise(shape, seed: int, batch_index: list[int] | None = None
+                  ) -> tuple[torch.Tensor, list[torch.Generator]]:
+    """Standard normal noise drawn on the CPU, image i from its seed
+    (:func:`image_seeds`), and the generators, which go on to serve the
+    sampler's own noise."""
+    generators = [torch.Generator("cpu").manual_seed(s) for s in image_seeds(seed, shape[0], batch_index)]
     noise = [torch.randn((1, *shape[1:]), generator=g, dtype=torch.float32) for g in generators]
     return torch.cat(noise), generators
 

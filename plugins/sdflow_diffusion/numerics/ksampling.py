@@ -9,6 +9,8 @@ The run, step by step, as ComfyUI makes it:
 2. the starting noise, drawn on the CPU from the seed (image ``i`` of a batch
    from ``seed + i``, so one image of a batch equals a run of one), scaled to
    the first sigma and added to the input latent (:func:`start_noise`);
+   a noise mask and an inpainting U-Net's channels become denoiser hooks
+   (:mod:`sdflow_diffusion.numerics.inpaint`);
 3. the sampler (:mod:`sdflow_diffusion.numerics.samplers`) over the sigmas,
    asking the :class:`Denoiser` (the U-Net, guidance and every hook) for a
    clean-latent estimate at each of its model calls, and drawing the noise
@@ -23,7 +25,9 @@ import math
 import torch
 
 from sdflow_diffusion.handles import Conditioning, Latent, ModelHandle
-from sdflow_diffusion.numerics.denoiser import Denoiser, DenoiserHook, initial_noise, start_noise, unet_conditions
+from sdflow_diffusion.numerics.denoiser import (Denoiser, DenoiserHook, image_seeds, initial_noise, start_noise,
+                                                unet_conditions)
+from sdflow_diffusion.numerics.inpaint import sampler_hooks
 from sdflow_diffusion.numerics.schedules import NoiseTable, schedule
 
 
@@ -62,13 +66,15 @@ def ksample(model: ModelHandle, positive: Conditioning, negative: Conditioning, 
     start = latent.samples.to(model.device, torch.float32)
     if len(sigmas) < 2:  # nothing to sample: the latent as it came
         return Latent(latent.samples.clone(), latent.noise_mask, dict(latent.extra))
-    noise, _generators = initial_noise(start.shape, seed)
+    batch_index = latent.extra.get("batch_index")
+    noise, _generators = initial_noise(start.shape, seed, batch_index)
     noise = noise.to(model.device) if add_noise else torch.zeros_like(start)
     x = start_noise(table, sigmas, noise, start)
     guided = not math.isclose(cfg, 1.0)
     context, added = unet_conditions(model, positive, negative, x.shape, guided)
+    hooks = sampler_hooks(model, latent, start, noise, seed, info.inpaint_fresh_noise) + tuple(hooks)
     denoiser = Denoiser(model, table, context, added, cfg, guided, hooks)
-    seeds = [(seed + i) % 2**64 for i in range(x.shape[0])]
+    seeds = image_seeds(seed, x.shape[0], batch_index)
     noise_sampler = None
     if info.brownian:
         noise_sampler = brownian_noise(x, sigmas, seeds)

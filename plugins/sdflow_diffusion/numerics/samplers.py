@@ -832,6 +832,7 @@ class SamplerInfo:
     discard_penultimate: bool = False  # ComfyUI drops the schedule's second-to-last sigma
     options: Mapping[str, Any] = field(default_factory=dict)  # keyword options and ComfyUI's defaults
     model_calls_per_step: int = 1  # at most; fewer on the last step for some
+    inpaint_fresh_noise: bool = False  # a noise mask's kept region is noised from seed + 1 (ComfyUI's ddim)
 
 
 _CHURN = {"s_churn": 0.0, "s_tmin": 0.0, "s_tmax": math.inf, "s_noise": 1.0}
@@ -861,5 +862,5 @@ SAMPLERS: dict[str, SamplerInfo] = {
     "uni_pc": SamplerInfo(uni_pc, discard_penultimate=True),
     "uni_pc_bh2": SamplerInfo(uni_pc_bh2, discard_penultimate=True),
     # ComfyUI runs "ddim" as euler (with random noise for inpainting's masked area)
-    "ddim": SamplerInfo(euler),
+    "ddim": SamplerInfo(euler, inpaint_fresh_noise=True),
 }

@@ -34,6 +34,7 @@ import torch
 from sdflow.plugin import StageError
 from sdflow_diffusion.handles import Conditioning, Family, Latent, ModelHandle
 from sdflow_diffusion.numerics.denoiser import initial_noise, unet_conditions
+from sdflow_diffusion.numerics.inpaint import diffusers_mask, inpaint_channels, keep_region
 from sdflow_diffusion.numerics.sampler_table import scheduler_options, supported
 from sdflow_diffusion.numerics.schedules import check_length
 
@@ -64,16 +65,6 @@ def make_scheduler(family: Family, sampler: str, scheduler: str):
     return cls.from_config(config)
 
 
-def _refuse_what_cannot_run(model: ModelHandle, latent: Latent) -> None:
-    if model.family.variant == "inpainting":
-        raise StageError(f"'{model.family.name}' is an inpainting checkpoint ({model.family.description}): "
-                         "its U-Net takes a mask and the masked image beside the latent, which sample "
-                         "cannot give it yet",
-                         "use the ordinary checkpoint of the same family to draw; inpainting stages are planned")
-    if latent.noise_mask is not None:
-        raise StageError("this sampler does not support a latent noise mask yet (inpainting)")
-
-
 def sample(model: ModelHandle, positive: Conditioning, negative: Conditioning, latent: Latent, params,
            progress=None) -> Latent:
     """Denoise ``latent`` as ``params`` (the sample stage's) say: ComfyUI's
@@ -83,7 +74,6 @@ def sample(model: ModelHandle, positive: Conditioning, negative: Conditioning, l
 
     if params.sampler.startswith(DIFFUSERS):
         return diffusers_sample(model, positive, negative, latent, params, progress)
-    _refuse_what_cannot_run(model, latent)
     return ksample(model, positive, negative, latent, seed=params.seed, steps=params.steps, cfg=params.cfg,
                    sampler=params.sampler, scheduler=params.scheduler, denoise=params.denoise,
                    options=params.sampler_options(), progress=progress)
@@ -99,7 +89,6 @@ def sample_advanced(model: ModelHandle, positive: Conditioning, negative: Condit
     if params.sampler.startswith(DIFFUSERS):
         raise StageError("sample_advanced runs ComfyUI's samplers only",
                          f"use '{params.sampler.removeprefix(DIFFUSERS)}', or sample for diffusers' schedulers")
-    _refuse_what_cannot_run(model, latent)
     return ksample(model, positive, negative, latent, seed=params.seed, steps=params.steps, cfg=params.cfg,
                    sampler=params.sampler, scheduler=params.scheduler, start_at_step=params.start_at_step,
                    end_at_step=params.end_at_step, add_noise=params.add_noise,
@@ -122,28 +111,41 @@ def diffusers_sample(model: ModelHandle, positive: Conditioning, negative: Condi
     ``progress.step()`` is called once per step (it raises when interrupted).
     """
     seed, steps, cfg, denoise = params.seed, params.steps, params.cfg, params.denoise
-    _refuse_what_cannot_run(model, latent)
     if denoise <= 0:
-        return Latent(latent.samples.clone(), None, dict(latent.extra))
+        return Latent(latent.samples.clone(), latent.noise_mask, dict(latent.extra))
     sched = make_scheduler(model.family, params.sampler, params.scheduler)
     timesteps, begin = _timesteps(sched, steps, denoise, model.device)
-    x, generators = _noisy_start(sched, latent.samples.to(model.device, torch.float32), seed, timesteps, begin)
+    start = latent.samples.to(model.device, torch.float32)
+    x, noise, generators = _noisy_start(sched, start, seed, timesteps, begin, latent.extra.get("batch_index"))
     guided = cfg > 1  # as the pipelines: at cfg <= 1 the negative is not run
     context, added = unet_conditions(model, positive, negative, x.shape, guided)
     step_args = _step_arguments(sched, generators)
+    # Inpainting as diffusers' inpaint pipeline: an inpainting U-Net gets the
+    # mask and masked image beside its input; an ordinary one has the kept
+    # region put back, noised to the next timestep, after every step.
+    channels = inpaint_channels(model, latent, start, diffusers=True)
+    if channels is not None and guided:
+        channels = torch.cat([channels] * 2)
+    mask = None
+    if latent.noise_mask is not None and channels is None:
+        mask = diffusers_mask(latent.noise_mask, x.shape).to(x.device)
     for i, t in enumerate(timesteps):
         inputs = torch.cat([x] * 2) if guided else x
-        inputs = sched.scale_model_input(inputs, t).to(model.dtype)
-        prediction = model.unet(inputs, t, encoder_hidden_states=context, added_cond_kwargs=added,
+        inputs = sched.scale_model_input(inputs, t)
+        if channels is not None:
+            inputs = torch.cat([inputs, channels], dim=1)
+        prediction = model.unet(inputs.to(model.dtype), t, encoder_hidden_states=context, added_cond_kwargs=added,
                                 return_dict=False)[0].float()
         if guided:
             uncond, cond = prediction.chunk(2)
             prediction = uncond + cfg * (cond - uncond)
         x = sched.step(prediction, t, x, **step_args, return_dict=False)[0]
+        if mask is not None:
+            x = keep_region(x, mask, start, noise, sched, timesteps[i + 1] if i + 1 < len(timesteps) else None)
         # Second-order samplers take two scheduler steps per step.
         if progress is not None and ((i + 1) % sched.order == 0 or i == len(timesteps) - 1):
             progress.step()
-    return Latent(x.float().cpu(), None, dict(latent.extra))
+    return Latent(x.float().cpu(), latent.noise_mask, dict(latent.extra))
 
 
 def _timesteps(sched, steps: int, denoise: float, device) -> tuple[torch.Tensor, int]:
@@ -160,17 +162,18 @@ def _timesteps(sched, steps: int, denoise: float, device) -> tuple[torch.Tensor,
     return sched.timesteps[begin:], begin
 
 
-def _noisy_start(sched, start: torch.Tensor, seed: int, timesteps: torch.Tensor, begin: int):
-    """The latent the loop starts from, and the generators that drew its noise.
+def _noisy_start(sched, start: torch.Tensor, seed: int, timesteps: torch.Tensor, begin: int,
+                 batch_index: list[int] | None = None):
+    """The latent the loop starts from, the noise, and the generators that drew it.
 
     From an empty latent over the whole schedule this is the pipelines'
     ``noise * init_noise_sigma``; otherwise the latent is noised to the first
     timestep by the scheduler (``add_noise``, as img2img does)."""
-    noise, generators = initial_noise(start.shape, seed)
+    noise, generators = initial_noise(start.shape, seed, batch_index)
     noise = noise.to(start.device)
     if begin == 0 and not start.any():
-        return noise * sched.init_noise_sigma, generators
-    return sched.add_noise(start, noise, timesteps[:1].repeat(start.shape[0])), generators
+        return noise * sched.init_noise_sigma, noise, generators
+    return sched.add_noise(start, noise, timesteps[:1].repeat(start.shape[0])), noise, generators
 
 
 def _step_arguments(sched, generators) -> dict:
