@@ -188,6 +188,16 @@ class RunContext:
         """The recipe's params as resolved (defaults, then ``--set``)."""
         return dict(self._graph.params)
 
+    def from_command_line(self, value: Any) -> bool:
+        """Whether ``value`` is exactly the value of a recipe param that the
+        command line gave (``--set NAME=VALUE``).  A stage that confines the
+        files it reads to some folders may let such a value through: the
+        user typed it for this run, while a path written in a recipe comes
+        with the recipe, from whoever wrote it."""
+        params = self._graph.params
+        return any(name in params and type(params[name]) is type(value) and params[name] == value
+                   for name in self._graph.overridden)
+
     def call(self, stage_type: Any, params: Any, **inputs: Any) -> Mapping[str, Any]:
         """Run another stage type's function (another plugin's, say) as part
         of this stage, with a context that gives it its own plugin's

@@ -48,7 +48,8 @@ class StageGraph:
 
     ``order`` holds only the stages that lead to an output stage, each after
     every stage it consumes; ``params`` are the recipe's params as resolved
-    (defaults, then command-line overrides).
+    (defaults, then command-line overrides); ``overridden`` names the params
+    whose value the command line gave (``--set``).
     """
 
     recipe: ast.Recipe
@@ -58,6 +59,7 @@ class StageGraph:
     warnings: tuple[Diagnostic, ...] = field(default=())
     persistent_types: frozenset[str] = frozenset()
     settings_models: Mapping[str, type[BaseModel]] = field(default_factory=dict)
+    overridden: frozenset[str] = frozenset()
 
     @property
     def outputs(self) -> list[str]:
@@ -95,6 +97,7 @@ def check(
         tuple(d for d in diagnostics if not d.is_error),
         frozenset(name for name, port in registry.port_types.items() if port.persistent),
         {plugin: spec.model for plugin, spec in registry.settings.items()},
+        frozenset(overrides or {}),
     )
     return graph, diagnostics
 
@@ -384,10 +387,12 @@ class _Checker:
         if self._suggest_stages is None:
             self._suggest_stages = Suggestions(self.registry.names())
         hint = self._suggest_stages(stage.stage_type)
-        if hint is None:
-            failed = [p.name for p in self.registry.failed_plugins()]
-            hint = (f"plugin {one_of(failed)} failed to load; run 'sdflow plugins'" if failed
-                    else "run 'sdflow stages' to list the stage types of the installed plugins")
+        failed = [p.name for p in self.registry.failed_plugins()]
+        if failed:  # the stage is likelier to be that plugin's than a look-alike
+            note = f"plugin {one_of(failed)} failed to load; run 'sdflow plugins'"
+            hint = note if hint is None else f"{note} (or: {hint})"
+        elif hint is None:
+            hint = "run 'sdflow stages' to list the stage types of the installed plugins"
         self.error("E220", f"unknown stage type '{stage.stage_type}'", stage.type_span, hint)
 
     def suggest_source(self, port_name: str, port_type: str) -> str:

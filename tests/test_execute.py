@@ -83,6 +83,10 @@ def write(ctx, params, x):
     WRITTEN.update(metadata=ctx.metadata(versions={"numbers": "1.0"}))
 
 
+def typed(ctx, params, x):
+    WRITTEN.setdefault("typed", []).append((params.name, ctx.from_command_line(params.name)))
+
+
 class Precision(BaseModel):
     precision: int = setting(2, "decimal places of a fraction", flag="--precision")
 
@@ -123,6 +127,7 @@ class Arithmetic:
         registry.add_stages(tenth)
         registry.add_stage("half", params=NoParams, inputs={"x": "NUMBER"}, outputs={"out": "FRACTION"}, run=half)
         registry.add_stage("show", params=Name, inputs={"x": "FRACTION"}, output=True, run=write)
+        registry.add_stage("typed", params=Name, inputs={"x": "NUMBER"}, output=True, run=typed)
         registry.add_stage("number", params=Value, outputs={"out": "NUMBER"}, run=number)
         registry.add_stage("add", params=NoParams, inputs={"a": "NUMBER", "b": "NUMBER"},
                            outputs={"out": "NUMBER"}, run=add)
@@ -356,3 +361,14 @@ def test_the_persistent_results_kept_are_bounded_by_their_memory_too():
     assert ("a" in store, "b" in store, store.persistent_bytes) == (False, True, 8000)
     layer = torch.nn.Linear(10, 10)  # 110 float32 parameters, counted through what holds them
     assert nbytes({"model": [layer, layer], "weight": layer.weight}) == 440
+
+
+def test_a_stage_can_tell_a_value_typed_with_set_from_one_written_in_the_recipe(registry, tmp_path):
+    text = ('sdflow 1\nparam where = "a.png"\nparam count = 1\nx = number(value=count)\n'
+            'typed(x=x, name=where)\ntyped(x=x, name="/data/b.png")\ntyped(x=x, name="1")\n')
+    WRITTEN.pop("typed", None)
+    Executor().run(graph_of(text, registry), RunOptions(output_dir=tmp_path))
+    assert WRITTEN.pop("typed") == [("a.png", False), ("/data/b.png", False), ("1", False)]
+    Executor().run(graph_of(text, registry, where="/data/b.png", count="1"), RunOptions(output_dir=tmp_path))
+    # the value given, wherever it is used; not the int 1 given for count as the text "1"
+    assert WRITTEN.pop("typed") == [("/data/b.png", True), ("/data/b.png", True), ("1", False)]

@@ -2,8 +2,8 @@
 
 Declared through the ``sdflow_settings`` hook like any plugin's; the engine
 turns each field into a flag (``--device``, ``--dtype``, ``--models-dir``,
-``--allow-pickle``) and an environment variable, and hands the values to the
-stages as ``ctx.settings``.
+``--allow-pickle``, ``--inputs``) and an environment variable, and hands the
+values to the stages as ``ctx.settings``.
 """
 
 from __future__ import annotations
@@ -29,3 +29,7 @@ class DiffusionSettings(BaseModel):
         flag="--models-dir", env="SDFLOW_MODELS", metavar="DIR")
     allow_pickle: bool = setting(
         False, "load .ckpt/.pt checkpoints (refused by default: a pickle can run code), with weights_only=True")
+    inputs_dirs: tuple[Path, ...] = setting(
+        (), "where load_image and load_mask look names up (ComfyUI's input folder), before the recipe's "
+            "folder and its inputs/ folder; repeatable",
+        flag="--inputs", env="SDFLOW_INPUTS", metavar="DIR")
