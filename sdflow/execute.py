@@ -95,6 +95,17 @@ class Events:
             self.json_stream.write(json.dumps({"event": event, **fields}, default=str) + "\n")
             self.json_stream.flush()
 
+    def warning(self, span: Span, message: str, **fields: Any) -> None:
+        """A warning from a running stage: an event under ``--json``, else
+        ``file:line:col: warning: ...`` on stderr (on a fresh line if a bar
+        is drawn)."""
+        if self.json_stream is not None:
+            self.emit("warning", message=message, line=span.line, column=span.column, **fields)
+            return
+        prefix = "\n" if self.bar_stream is not None else ""
+        sys.stderr.write(f"{prefix}{span.file}:{span.line}:{span.column}: warning: {visible(message)}\n")
+        sys.stderr.flush()
+
     def status(self, text: str, final: bool = False) -> None:
         """One line about a stage, rewritten in place until it is final."""
         if self.bar_stream is not None:
@@ -219,6 +230,15 @@ class RunContext:
     def emit(self, event: str, **fields: Any) -> None:
         """A JSON event (``--json``) from this stage."""
         self.events.emit(event, stage=self.key, **fields)
+
+    def warn(self, message: str) -> None:
+        """Tell the user something about this run that is not an error (an
+        animated picture of which only the first frame is read): at the
+        stage's recipe line on stderr, or a ``warning`` event under
+        ``--json``.  Outputs downstream record it (``warnings``)."""
+        self.events.warning(self._node.span, message, stage=self.key)
+        records = self._executor.records.setdefault(self.key, {})
+        records["warnings"] = [*records.get("warnings", []), message]
 
     def file_written(self, path: Path) -> None:
         """Report a file a stage wrote (listed in the run's result)."""

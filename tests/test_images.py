@@ -166,8 +166,16 @@ def test_an_animated_file_gives_its_first_frame_and_a_warning(tmp_path, name):
     kind = "GIF" if name.endswith(".gif") else "WEBP"
     warning = f"'{name}' is an animated {kind} of 3 frames: only the first is read"
     events = [json.loads(line) for line in stream.getvalue().splitlines()]
-    assert {"event": "warning", "stage": "p", "message": warning} in events
-    assert kept["i records"] == {"warning": warning}  # and every output made from it says so
+    assert {"event": "warning", "stage": "p", "message": warning, "line": 2, "column": 1} in events
+    assert kept["i records"] == {"warnings": [warning]}  # and every output made from it says so
+
+
+def test_a_warning_is_shown_at_the_recipe_line_without_json(tmp_path, capsys):
+    frames = [Image.new("RGB", (4, 4), colour) for colour in ((255, 0, 0), (0, 255, 0))]
+    frames[0].save(tmp_path / "two.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    run('p = load_image(name="two.gif")\nkeep(image=p.image, name="i")\n', tmp_path, events=Events())
+    assert capsys.readouterr().err == (
+        "recipe.sdflow:2:1: warning: 'two.gif' is an animated GIF of 2 frames: only the first is read\n")
 
 
 # load_image: files that are not images --------------------------------------------

@@ -56,13 +56,11 @@ def identify_input(ctx, name: str) -> None:
 
 def read_input(ctx, name: str) -> Picture:
     """The image :func:`identify_input` found under ``name``, read.  Of an
-    animated file only the first frame is: a warning says so (an event
-    under ``--json``, and a fact every output downstream records)."""
+    animated file only the first frame is: a warning says so (at the
+    recipe's line, and in the metadata of every output downstream)."""
     picture = read_image(ctx.file_path(name), name)
     if picture.frames > 1 and picture.format != "MPO":  # MPO: a photo and its previews, one image
-        warning = f"'{name}' is an animated {picture.format} of {picture.frames} frames: only the first is read"
-        ctx.emit("warning", message=warning)
-        ctx.record(warning=warning)
+        ctx.warn(f"'{name}' is an animated {picture.format} of {picture.frames} frames: only the first is read")
     return picture
 
 
