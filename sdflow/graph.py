@@ -471,7 +471,24 @@ class _Checker:
             producers, total = self.outputs_of_type(expected)
             hint = (f"{expected} comes from {one_of(producers, 4, total)}" if producers
                     else f"no stage of this recipe gives {expected}")
+        convert = self.converter(actual, expected)
+        if convert is not None:
+            hint += f"{' Or' if hint.endswith('?') else '; or'} convert it: {convert}={ref})"
         self.error("E300", f"'{arg_name}' expects {expected}, but {ref} is {actual}", ref.span, hint)
+
+    def converter(self, source: str, target: str) -> str | None:
+        """``stage(port`` of the one stage type that turns a ``source`` value
+        into a ``target`` one by itself (one required input, one output:
+        ``mask_to_image(mask`` for MASK -> IMAGE), or None."""
+        found = [spec for spec in self.registry.stages.values()
+                 if [p.type for p in spec.outputs.values()] == [target]
+                 and [p.type for p in spec.inputs.values() if not p.optional] == [source]]
+        if len(found) != 1:
+            return None
+        spec = found[0]
+        name = spec.id if self.registry.stage(spec.id) is spec else spec.qualified
+        port = next(port for port, p in spec.inputs.items() if p.type == source)
+        return f"{name}({port}"
 
     def resolve_stage_ref(self, ref: ast.Ref) -> tuple[StageSpec, str | None] | None:
         """The spec and port a reference to a stage result names, or None
@@ -784,3 +801,4 @@ def check_source(
         recipe, syntax = parse(source, file)
         graph, semantic = check(recipe, registry, overrides, syntax_ok=not syntax)
     return recipe, graph, sorted([*syntax, *semantic], key=Diagnostic.sort_key)
+

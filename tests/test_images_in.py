@@ -307,3 +307,21 @@ def test_img2img_through_the_cli_with_a_picture_given_by_path(tmp_path):
     assert run.returncode == 0, run.stderr
     (written,) = (tmp_path / "out").glob("*.png")
     assert score(np.asarray(Image.open(written).convert("RGB"))).colour == "blue"
+
+
+def test_a_mask_given_for_an_image_is_a_check_error_with_the_conversion_in_its_help():
+    from sdflow.testing import check_recipe
+
+    recipe = """sdflow 1
+ckpt = load_checkpoint(name="sdflow-tiny.safetensors")
+src = load_image(name="red_circle.png")
+start = vae_encode(vae=ckpt.vae, image=src.mask)
+masked = set_latent_noise_mask(latent=start, mask=src.image)
+save_image(image=vae_decode(vae=ckpt.vae, latent=masked))
+"""
+    graph, diagnostics = check_recipe(recipe, default_registry())
+    errors = [(d.code, d.span.line, d.help) for d in diagnostics if d.is_error]
+    assert graph is None and errors[:2] == [
+        ("E300", 4, "did you mean 'src.image'? Or convert it: mask_to_image(mask=src.mask)"),
+        ("E300", 5, "did you mean 'src.mask'? Or convert it: image_to_mask(image=src.image)"),
+    ]
