@@ -412,7 +412,8 @@ def test_image_scale_is_checked_before_anything_runs():
     assert [(d.code, d.span.line, d.message, d.help) for d in diagnostics] == [
         ("E409", 3, "'image_scale': give the new size one way only, not width/height and factor together", None),
         ("E409", 4, "'image_scale': give the new size: width and/or height, or factor, or megapixels", None),
-        ("E300", 7, "'image' expects IMAGE, but p.mask is MASK", "did you mean 'p.image'?"),
+        ("E300", 7, "'image' expects IMAGE, but p.mask is MASK",
+         "did you mean 'p.image'? Or convert it: mask_to_image(mask=p.mask)"),
     ]
 
 

@@ -24,11 +24,10 @@ class ImageComposite(Params):
     outputs={"image": Port("IMAGE", "the destination with the source on it")},
 )
 def image_composite(ctx, params: ImageComposite, destination, source, mask=None) -> dict:
-    """Paste images onto others at a place, through a mask: after inpainting, paste the repainted
-    image over the original through the inpainting mask, and every pixel outside it is the
-    original's, exactly. ComfyUI: ImageCompositeMasked.
+    """Paste images onto others at a place, through a mask. ComfyUI: ImageCompositeMasked.
 
-    What falls outside the destination is dropped; the source and mask are repeated to the
+    After inpainting, paste the repainted image over the original through the inpainting mask:
+    every pixel outside it is then the original's, exactly.  What falls outside the destination is dropped; the source and mask are repeated to the
     destination's batch."""
     from sdflow_diffusion.numerics.paste import paste
 
