@@ -46,12 +46,24 @@ class Family:
 
 @dataclass(frozen=True)
 class ModelHandle:
-    """MODEL: the denoising U-Net of a checkpoint."""
+    """MODEL: the denoising U-Net of a checkpoint.
+
+    ``patches``: changes to its weights (a LoRA at a strength, ...) that a
+    stage added.  They are applied only while the model runs and undone
+    after (:func:`sdflow_diffusion.models.patches.applied`): the U-Net
+    object is shared with the cached checkpoint and never changes for good.
+    """
 
     unet: Any  # diffusers.UNet2DConditionModel
     family: Family
     device: Any  # torch.device
     dtype: Any  # torch.dtype
+    patches: tuple[Any, ...] = ()
+
+    @property
+    def module(self):
+        """The torch module the patches change."""
+        return self.unet
 
 
 @dataclass(frozen=True)
@@ -67,6 +79,13 @@ class ClipHandle:
     family: Family
     device: Any
     dtype: Any
+    patches: tuple[Any, ...] = ()  # as ModelHandle's, on the text encoders
+    last_layer: int | None = None  # clip_set_last_layer: stop at this layer (-1 the last), None: the kind's own
+
+    @property
+    def module(self):
+        """The torch modules the patches change (one per text encoder)."""
+        return self.encoders
 
 
 @dataclass(frozen=True)

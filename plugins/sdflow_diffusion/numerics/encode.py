@@ -29,8 +29,17 @@ def token_windows(tokenizer, text: str) -> torch.Tensor:
     return torch.tensor(windows, dtype=torch.long)
 
 
-@torch.no_grad()
 def encode_text(clip: ClipHandle, text: str) -> Conditioning:
+    """Encode a prompt with ``clip``'s patches (a LoRA's) applied while it runs
+    (see :func:`_encode`)."""
+    from sdflow_diffusion.models.patches import applied
+
+    with applied(clip):
+        return _encode(clip, text)
+
+
+@torch.no_grad()
+def _encode(clip: ClipHandle, text: str) -> Conditioning:
     """Encode a prompt: embeds [1, 77 x windows, dim] on the run's device in
     its dtype, each text encoder's chosen hidden state side by side on the
     feature axis (SDXL: both encoders' penultimate ones); and where the kind

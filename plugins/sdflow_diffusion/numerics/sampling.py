@@ -33,6 +33,7 @@ import torch
 
 from sdflow.plugin import StageError
 from sdflow_diffusion.handles import Conditioning, Family, Latent, ModelHandle
+from sdflow_diffusion.models.patches import applied
 from sdflow_diffusion.numerics.denoiser import initial_noise, unet_conditions
 from sdflow_diffusion.numerics.inpaint import diffusers_mask, inpaint_channels, keep_region
 from sdflow_diffusion.numerics.sampler_table import scheduler_options, supported
@@ -73,10 +74,12 @@ def sample(model: ModelHandle, positive: Conditioning, negative: Conditioning, l
     from sdflow_diffusion.numerics.sampler_table import DIFFUSERS
 
     if params.sampler.startswith(DIFFUSERS):
-        return diffusers_sample(model, positive, negative, latent, params, progress)
-    return ksample(model, positive, negative, latent, seed=params.seed, steps=params.steps, cfg=params.cfg,
-                   sampler=params.sampler, scheduler=params.scheduler, denoise=params.denoise,
-                   options=params.sampler_options(), progress=progress)
+        with applied(model):
+            return diffusers_sample(model, positive, negative, latent, params, progress)
+    with applied(model):
+        return ksample(model, positive, negative, latent, seed=params.seed, steps=params.steps, cfg=params.cfg,
+                       sampler=params.sampler, scheduler=params.scheduler, denoise=params.denoise,
+                       options=params.sampler_options(), progress=progress)
 
 
 def sample_advanced(model: ModelHandle, positive: Conditioning, negative: Conditioning, latent: Latent,
@@ -89,11 +92,12 @@ def sample_advanced(model: ModelHandle, positive: Conditioning, negative: Condit
     if params.sampler.startswith(DIFFUSERS):
         raise StageError("sample_advanced runs ComfyUI's samplers only",
                          f"use '{params.sampler.removeprefix(DIFFUSERS)}', or sample for diffusers' schedulers")
-    return ksample(model, positive, negative, latent, seed=params.seed, steps=params.steps, cfg=params.cfg,
-                   sampler=params.sampler, scheduler=params.scheduler, start_at_step=params.start_at_step,
-                   end_at_step=params.end_at_step, add_noise=params.add_noise,
-                   full_denoise_at_end=not params.return_with_leftover_noise,
-                   options=params.sampler_options(), progress=progress)
+    with applied(model):
+        return ksample(model, positive, negative, latent, seed=params.seed, steps=params.steps, cfg=params.cfg,
+                       sampler=params.sampler, scheduler=params.scheduler, start_at_step=params.start_at_step,
+                       end_at_step=params.end_at_step, add_noise=params.add_noise,
+                       full_denoise_at_end=not params.return_with_leftover_noise,
+                       options=params.sampler_options(), progress=progress)
 
 
 @torch.no_grad()
