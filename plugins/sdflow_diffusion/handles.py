@@ -100,14 +100,51 @@ class VaeHandle:
 
 @dataclass(frozen=True)
 class Conditioning:
-    """CONDITIONING: encoded prompt(s).
+    """CONDITIONING: encoded prompt(s), and where and when each applies.
 
     ``embeds``: [1, tokens, dim] (tokens = 77 x chunks); ``pooled``: [1, dim]
-    for SDXL, else None.
+    for SDXL, else None.  As in ComfyUI a conditioning is a list of such
+    entries (conditioning_combine joins lists): this object is the first,
+    ``rest`` holds the others (:attr:`entries` gives them all).  Each entry
+    may be limited to an ``area`` ((height, width, y, x) in latent cells)
+    weighted by ``strength``, to a ``mask`` ([1 or batch, H, W], any size,
+    resized to the latent when sampling; weighted by ``mask_strength``), and
+    to the part of the schedule between ``start`` and ``end`` (shares of it,
+    0 the first step).  The sampler mixes the entries' predictions weighted
+    by their areas and masks, as ComfyUI does.
     """
 
     embeds: "torch.Tensor"
     pooled: "torch.Tensor | None" = None
+    area: tuple[int, int, int, int] | None = None
+    strength: float = 1.0
+    mask: "torch.Tensor | None" = None
+    mask_strength: float = 1.0
+    set_area_to_bounds: bool = False
+    start: float = 0.0
+    end: float = 1.0
+    # SDXL's micro-conditioning ((height, width) in pixels, crop (top, left));
+    # None: the image's size, as the sampler finds it.  The refiner's score.
+    original_size: tuple[int, int] | None = None
+    crop: tuple[int, int] = (0, 0)
+    target_size: tuple[int, int] | None = None
+    aesthetic_score: float | None = None
+    rest: tuple["Conditioning", ...] = ()
+
+    @property
+    def entries(self) -> tuple["Conditioning", ...]:
+        """Every entry, each with no ``rest``."""
+        from dataclasses import replace
+
+        return (replace(self, rest=()), *self.rest)
+
+    @staticmethod
+    def of(entries) -> "Conditioning":
+        """One conditioning of several entries (in order)."""
+        from dataclasses import replace
+
+        first, *others = [entry for c in entries for entry in c.entries]
+        return replace(first, rest=tuple(others))
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,10 @@ class UNetCall:
     """One U-Net evaluation, as a hook may change it before it runs: the
     scaled input, the timesteps, the text context, SDXL's added conditions
     and any further keyword arguments of diffusers' U-Net (e.g. ControlNet's
-    ``down_block_additional_residuals``)."""
+    ``down_block_additional_residuals``).  The batch is ``len(areas)``
+    chunks of the sampled batch, one per conditioning entry run; ``areas``
+    says which part of the latent each chunk is ((height, width, y, x) in
+    latent cells; None: all of it)."""
 
     sample: torch.Tensor
     timestep: torch.Tensor
@@ -52,6 +55,7 @@ class UNetCall:
     added: dict[str, torch.Tensor] | None
     sigma: torch.Tensor
     extra: dict[str, Any] = field(default_factory=dict)
+    areas: list[tuple[int, int, int, int] | None] = field(default_factory=list)
 
 
 class DenoiserHook:
@@ -71,52 +75,197 @@ class DenoiserHook:
         return denoised
 
 
+@dataclass
+class _Entry:
+    """A conditioning entry made ready for one sampling run: its text
+    conditions for the whole batch, where it applies (area, mask) and when
+    (between two sigmas)."""
+
+    context: torch.Tensor
+    added: dict[str, torch.Tensor] | None
+    area: tuple[int, int, int, int] | None
+    strength: float
+    mask: torch.Tensor | None
+    sigma_start: float
+    sigma_end: float
+
+
+@dataclass
+class _Run:
+    """One entry's share of a model call: its input, its weights."""
+
+    x: torch.Tensor
+    mult: torch.Tensor
+    entry: _Entry
+    area: tuple[int, int, int, int] | None
+    index: int  # 0: the prompt, 1: the negative
+
+
 class Denoiser:
     """``denoise(x, sigma)``: the guided clean-latent estimate of a model for
     a batch ``x`` at noise level ``sigma`` (a 0-dim CPU tensor).
 
-    ``context`` and ``added`` are the U-Net's text conditions for the whole
-    guided batch (``[negative, positive]`` when ``guided``, else the
-    positive alone), as :func:`unet_conditions` builds them.
+    Each prompt may hold several conditioning entries (combined prompts,
+    area and mask prompts, timestep ranges).  Per model call, as ComfyUI's
+    ``calc_cond_batch``: each entry that applies at this sigma asks the
+    U-Net about its area of the latent, entries of the same shapes in one
+    batch (negative before prompt); the predictions are summed weighted by
+    each entry's area (its edges faded over up to 8 cells), mask and
+    strength, and divided by the summed weights.  One entry over the whole
+    latent gives the model's prediction unchanged.
     """
 
-    def __init__(self, model: ModelHandle, table: NoiseTable, context: torch.Tensor,
-                 added: dict[str, torch.Tensor] | None, cfg: float, guided: bool,
-                 hooks: tuple[DenoiserHook, ...] = ()) -> None:
+    def __init__(self, model: ModelHandle, table: NoiseTable, positive: Conditioning, negative: Conditioning,
+                 shape: torch.Size, cfg: float, guided: bool, hooks: tuple[DenoiserHook, ...] = ()) -> None:
         self.model, self.table = model, table
-        self.context, self.added = context, added
         self.cfg, self.guided = cfg, guided
         self.hooks = hooks
         self.v_prediction = model.family.prediction_type == "v_prediction"
+        prompts = [positive, negative] if guided else [positive]
+        self.entries = [[_entry(model, table, e, shape, i) for e in c.entries] for i, c in enumerate(prompts)]
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         for hook in self.hooks:
             x = hook.before_denoise(x, sigma)
+        predictions = self._predict(x, sigma)
+        denoised = predictions[0]
+        if self.guided:
+            denoised = predictions[1] + (predictions[0] - predictions[1]) * self.cfg
+        for hook in self.hooks:
+            denoised = hook.after_denoise(denoised, x, sigma)
+        return denoised
+
+    def _predict(self, x: torch.Tensor, sigma: torch.Tensor) -> list[torch.Tensor]:
+        """Each prompt's clean-latent estimate (ComfyUI's calc_cond_batch)."""
+        outputs = [torch.zeros_like(x) for _ in self.entries]
+        counts = [torch.ones_like(x) * 1e-37 for _ in self.entries]
+        runs = [run for index, entries in enumerate(self.entries) for entry in entries
+                if (run := _run(entry, x, float(sigma), index)) is not None]
+        while runs:
+            first = runs[0]
+            together = [k for k in range(len(runs)) if _batchable(runs[k], first)][::-1]
+            batch = [runs.pop(k) for k in together]
+            for run, output in zip(batch, self._unet(batch, sigma).chunk(len(batch))):
+                out, count = outputs[run.index], counts[run.index]
+                if run.area is not None:
+                    height, width, y, x0 = run.area
+                    out, count = out[..., y:y + height, x0:x0 + width], count[..., y:y + height, x0:x0 + width]
+                out += output * run.mult
+                count += run.mult
+        return [out / count for out, count in zip(outputs, counts)]
+
+    def _unet(self, batch: list[_Run], sigma: torch.Tensor) -> torch.Tensor:
+        """The clean-latent estimates for the runs of ``batch``, in one U-Net call."""
+        x = torch.cat([run.x for run in batch])
+        contexts = _common_length([run.entry.context for run in batch])
+        added = None
+        if batch[0].entry.added is not None:
+            added = {k: torch.cat([run.entry.added[k] for run in batch]) for k in batch[0].entry.added}
+        timestep = self.table.timestep(sigma).float().expand(x.shape[0]).to(x.device)
         scaled = x / (sigma**2 + 1.0) ** 0.5
-        batch = x.shape[0] * (2 if self.guided else 1)
-        timestep = self.table.timestep(sigma).float().expand(batch).to(x.device)
-        call = UNetCall(
-            sample=(torch.cat([scaled, scaled]) if self.guided else scaled).to(self.model.dtype),
-            timestep=timestep, context=self.context, added=self.added, sigma=sigma,
-        )
+        call = UNetCall(sample=scaled.to(self.model.dtype), timestep=timestep, context=torch.cat(contexts),
+                        added=added, sigma=sigma, areas=[run.area for run in batch])
         for hook in self.hooks:
             hook.before_unet(call)
         output = self.model.unet(call.sample, call.timestep, encoder_hidden_states=call.context,
                                  added_cond_kwargs=call.added, return_dict=False, **call.extra)[0].float()
-        inputs = torch.cat([x, x]) if self.guided else x
-        denoised = self._clean(output, inputs, sigma)
-        if self.guided:
-            uncond, cond = denoised.chunk(2)
-            denoised = uncond + (cond - uncond) * self.cfg
-        for hook in self.hooks:
-            denoised = hook.after_denoise(denoised, x, sigma)
-        return denoised
+        return self._clean(output, x, sigma)
 
     def _clean(self, output: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """The clean-latent estimate from the U-Net's output (sigma_data 1)."""
         if self.v_prediction:
             return x * 1.0 / (sigma**2 + 1.0) - output * sigma * 1.0 / (sigma**2 + 1.0) ** 0.5
         return x - output * sigma
+
+
+def _entry(model: ModelHandle, table: NoiseTable, cond: Conditioning, shape: torch.Size, index: int) -> _Entry:
+    """``cond`` (one entry) ready for a run over latents of ``shape``:
+    ComfyUI's ``resolve_areas_and_cond_masks`` and start/end sigmas."""
+    import torch.nn.functional as F
+
+    context, added = _text_conditions(model, cond, shape, index)
+    mask, area = None, cond.area
+    if cond.mask is not None:
+        mask = cond.mask.float().to(model.device)
+        mask = mask.reshape(-1, *mask.shape[-2:])
+        if tuple(mask.shape[-2:]) != tuple(shape[-2:]):
+            mask = F.interpolate(mask.unsqueeze(1), size=tuple(shape[-2:]), mode="bilinear").squeeze(1)
+        if cond.set_area_to_bounds:
+            area = _bounds(mask)
+        mask = mask * cond.mask_strength
+    return _Entry(context, added, area, cond.strength, mask,
+                  _percent_to_sigma(table, cond.start), _percent_to_sigma(table, cond.end))
+
+
+def _percent_to_sigma(table: NoiseTable, percent: float) -> float:
+    """The sigma at a share of the schedule (0: the start), as ComfyUI's
+    ``percent_to_sigma`` gives it for a discrete-time model."""
+    if percent <= 0.0:
+        return 999999999.9
+    if percent >= 1.0:
+        return 0.0
+    return float(table.sigma(torch.tensor((1.0 - percent) * 999.0)))
+
+
+def _bounds(mask: torch.Tensor) -> tuple[int, int, int, int]:
+    """The area (height, width, y, x) of a mask's nonzero cells over its
+    batch ((8, 8, 0, 0) when it has none, as ComfyUI)."""
+    rows, columns = torch.nonzero(mask.abs().amax(dim=0), as_tuple=True)
+    if len(rows) == 0:
+        return (8, 8, 0, 0)
+    y, x = int(rows.min()), int(columns.min())
+    return (int(rows.max()) - y + 1, int(columns.max()) - x + 1, y, x)
+
+
+def _run(entry: _Entry, x: torch.Tensor, sigma: float, index: int) -> _Run | None:
+    """The entry's share of this model call, or None when it does not apply
+    at ``sigma`` (ComfyUI's ``get_area_and_mult``)."""
+    if sigma > entry.sigma_start or sigma < entry.sigma_end:
+        return None
+    area, part = entry.area, x
+    if area is not None:
+        height, width = min(x.shape[2] - area[2], area[0]), min(x.shape[3] - area[3], area[1])
+        area = (height, width, area[2], area[3])
+        part = x[..., area[2]:area[2] + height, area[3]:area[3] + width]
+    if entry.mask is not None:
+        mask = entry.mask[:part.shape[0]]
+        if area is not None:
+            mask = mask[..., area[2]:area[2] + area[0], area[3]:area[3] + area[1]]
+        mult = mask.unsqueeze(1).repeat(part.shape[0] // mask.shape[0], part.shape[1], 1, 1) * entry.strength
+    else:
+        mult = torch.ones_like(part) * entry.strength
+        if area is not None:
+            _fade_edges(mult, area, x.shape)
+    return _Run(part, mult, entry, area, index)
+
+
+def _fade_edges(mult: torch.Tensor, area: tuple[int, int, int, int], shape: torch.Size) -> None:
+    """ComfyUI's "fuzz": an area's weight rises over up to 8 cells from each
+    edge that lies inside the latent, so area prompts blend in."""
+    for axis, (size, offset) in enumerate(((area[0], area[2]), (area[1], area[3]))):
+        dim = axis + 2
+        fade = min(8, mult.shape[dim] // 4)
+        for t in range(fade):
+            if offset != 0:
+                mult.narrow(dim, t, 1).mul_((1.0 / fade) * (t + 1))
+            if size + offset < shape[dim]:
+                mult.narrow(dim, size - 1 - t, 1).mul_((1.0 / fade) * (t + 1))
+
+
+def _batchable(a: _Run, b: _Run) -> bool:
+    """Whether two runs go through the U-Net in one batch (ComfyUI's
+    ``can_concat_cond``): the same input shape, added conditions of the same
+    shapes, contexts whose lengths repeat to a common one at most 4 times
+    the shorter."""
+    if a.x.shape != b.x.shape:
+        return False
+    ca, cb = a.entry.context.shape, b.entry.context.shape
+    if ca != cb and (ca[0] != cb[0] or ca[2] != cb[2] or math.lcm(ca[1], cb[1]) // min(ca[1], cb[1]) > 4):
+        return False
+    added_a, added_b = a.entry.added, b.entry.added
+    if (added_a is None) != (added_b is None):
+        return False
+    return added_a is None or all(added_a[k].shape == added_b[k].shape for k in added_a)
 
 
 def start_noise(table: NoiseTable, sigmas: torch.Tensor, noise: torch.Tensor,
@@ -153,49 +302,59 @@ def initial_noise(shape, seed: int, batch_index: list[int] | None = None
 
 
 def unet_conditions(model: ModelHandle, positive: Conditioning, negative: Conditioning, shape,
-                  guided: bool) -> tuple[torch.Tensor, dict | None]:
+                    guided: bool) -> tuple[torch.Tensor, dict | None]:
     """The U-Net's cross-attention context for the batch, [negative..., positive...]
-    when guided, and SDXL's added conditions (pooled text, size and crop)."""
+    when guided, and SDXL's added conditions (pooled text, size and crop):
+    the diffusers loop's, one entry per prompt."""
+    parts = [(negative, 1), (positive, 0)] if guided else [(positive, 0)]
+    built = [_text_conditions(model, cond, shape, index) for cond, index in parts]
+    context = torch.cat(_common_length([context for context, _ in built]))
+    if built[0][1] is None:
+        return context, None
+    return context, {k: torch.cat([added[k] for _, added in built]) for k in built[0][1]}
+
+
+def _text_conditions(model: ModelHandle, cond: Conditioning, shape, index: int
+                     ) -> tuple[torch.Tensor, dict | None]:
+    """One entry's cross-attention context for a batch of ``shape``, and
+    SDXL's added conditions (pooled text, size and crop; the refiner's
+    aesthetic score, 6 for the prompt and 2.5 for the negative, ``index``
+    1, as diffusers sets them)."""
     batch = shape[0]
-    pos, neg = positive.embeds, negative.embeds
     expected = model.unet.config.cross_attention_dim
-    if {pos.shape[-1], neg.shape[-1]} != {expected}:
-        raise StageError(f"the prompts were encoded for another model: {pos.shape[-1]} and "
-                         f"{neg.shape[-1]} features, this U-Net takes {expected}",
+    if cond.embeds.shape[-1] != expected:
+        raise StageError(f"the prompts were encoded for another model: {cond.embeds.shape[-1]} features, "
+                         f"this U-Net takes {expected}",
                          "encode the prompts with the same checkpoint's clip")
-    if guided:
-        pos, neg = _common_length(pos, neg)
-    parts = [neg, pos] if guided else [pos]
-    context = torch.cat([p.to(model.device, model.dtype).expand(batch, -1, -1) for p in parts])
+    context = cond.embeds.to(model.device, model.dtype).expand(batch, -1, -1)
     added_conditions = model.family.architecture.added_conditions
     if added_conditions is None:
         return context, None
-    pooled = [negative.pooled, positive.pooled] if guided else [positive.pooled]
-    if any(p is None for p in pooled):
+    if cond.pooled is None:
         raise StageError(f"{model.family.architecture.description} needs prompts encoded by its own CLIP "
                          "(with a pooled embedding)",
                          "encode the prompts with the same checkpoint's clip")
-    text_embeds = torch.cat([p.to(model.device, model.dtype).expand(batch, -1) for p in pooled])
-    # SDXL's micro-conditioning: original size = target size = the image size, crop (0, 0);
-    # the refiner's has an aesthetic score where the target size was (diffusers'
-    # defaults: 6 for the prompt, 2.5 for the negative).
+    text_embeds = cond.pooled.to(model.device, model.dtype).expand(batch, -1)
+    # SDXL's micro-conditioning: unless the prompt says (clip_text_encode_sdxl),
+    # original size = target size = the image size, crop (0, 0).
     factor = model.family.vae_scale_factor
-    height, width = shape[-2] * factor, shape[-1] * factor
+    image = (shape[-2] * factor, shape[-1] * factor)
+    original, target = cond.original_size or image, cond.target_size or image
     if added_conditions == "text_time_aesthetic":
-        scores = [NEGATIVE_AESTHETIC_SCORE, AESTHETIC_SCORE] if guided else [AESTHETIC_SCORE]
-        rows = [[height, width, 0, 0, score] for score in scores for _ in range(batch)]
+        score = cond.aesthetic_score
+        if score is None:
+            score = NEGATIVE_AESTHETIC_SCORE if index else AESTHETIC_SCORE
+        row = [*original, *cond.crop, score]
     else:
-        rows = [[height, width, 0, 0, height, width]] * len(text_embeds)
-    time_ids = torch.tensor(rows, dtype=model.dtype, device=model.device)
+        row = [*original, *cond.crop, *target]
+    time_ids = torch.tensor([row] * batch, dtype=model.dtype, device=model.device)
     return context, {"text_embeds": text_embeds, "time_ids": time_ids}
 
 
-def _common_length(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _common_length(contexts: list[torch.Tensor]) -> list[torch.Tensor]:
     """Prompts of different lengths (in 77-token windows) repeated to their least
-    common multiple, as ComfyUI does, so both fit one batch.  Repeating a whole
+    common multiple, as ComfyUI does, so all fit one batch.  Repeating a whole
     prompt k times leaves cross-attention's output as it was: every key and
     value appears k times, so the softmax average is the same."""
-    if a.shape[1] == b.shape[1]:
-        return a, b
-    length = math.lcm(a.shape[1], b.shape[1])
-    return a.repeat(1, length // a.shape[1], 1), b.repeat(1, length // b.shape[1], 1)
+    length = math.lcm(*(c.shape[1] for c in contexts))
+    return [c if c.shape[1] == length else c.repeat(1, length // c.shape[1], 1) for c in contexts]

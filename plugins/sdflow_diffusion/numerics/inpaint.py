@@ -83,8 +83,11 @@ class InpaintChannels(DenoiserHook):
         self.extra = extra  # [batch, 5, h, w]: mask, then the masked image's latent
 
     def before_unet(self, call: UNetCall) -> None:
-        repeats = call.sample.shape[0] // self.extra.shape[0]  # the guided batch: negative, positive
-        extra = self.extra.repeat(repeats, 1, 1, 1).to(call.sample.device, call.sample.dtype)
+        # One chunk per conditioning entry in the call (the guided batch:
+        # negative, prompt), each over its area of the latent.
+        chunks = [self.extra if area is None else self.extra[..., area[2]:area[2] + area[0], area[3]:area[3] + area[1]]
+                  for area in call.areas or [None] * (call.sample.shape[0] // self.extra.shape[0])]
+        extra = torch.cat(chunks).to(call.sample.device, call.sample.dtype)
         call.sample = torch.cat([call.sample, extra], dim=1)
 
 

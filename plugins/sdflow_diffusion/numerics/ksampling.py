@@ -25,8 +25,7 @@ import math
 import torch
 
 from sdflow_diffusion.handles import Conditioning, Latent, ModelHandle
-from sdflow_diffusion.numerics.denoiser import (Denoiser, DenoiserHook, image_seeds, initial_noise, start_noise,
-                                                unet_conditions)
+from sdflow_diffusion.numerics.denoiser import Denoiser, DenoiserHook, image_seeds, initial_noise, start_noise
 from sdflow_diffusion.numerics.inpaint import sampler_hooks
 from sdflow_diffusion.numerics.schedules import NoiseTable, schedule
 
@@ -71,9 +70,8 @@ def ksample(model: ModelHandle, positive: Conditioning, negative: Conditioning, 
     noise = noise.to(model.device) if add_noise else torch.zeros_like(start)
     x = start_noise(table, sigmas, noise, start)
     guided = not math.isclose(cfg, 1.0)
-    context, added = unet_conditions(model, positive, negative, x.shape, guided)
     hooks = sampler_hooks(model, latent, start, noise, seed, info.inpaint_fresh_noise) + tuple(hooks)
-    denoiser = Denoiser(model, table, context, added, cfg, guided, hooks)
+    denoiser = Denoiser(model, table, positive, negative, x.shape, cfg, guided, hooks)
     seeds = image_seeds(seed, x.shape[0], batch_index)
     noise_sampler = None
     if info.brownian:

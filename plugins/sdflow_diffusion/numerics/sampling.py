@@ -74,12 +74,24 @@ def sample(model: ModelHandle, positive: Conditioning, negative: Conditioning, l
     from sdflow_diffusion.numerics.sampler_table import DIFFUSERS
 
     if params.sampler.startswith(DIFFUSERS):
+        _one_plain_entry(positive, negative, params.sampler)
         with applied(model):
             return diffusers_sample(model, positive, negative, latent, params, progress)
     with applied(model):
         return ksample(model, positive, negative, latent, seed=params.seed, steps=params.steps, cfg=params.cfg,
                        sampler=params.sampler, scheduler=params.scheduler, denoise=params.denoise,
                        options=params.sampler_options(), progress=progress)
+
+
+def _one_plain_entry(positive: Conditioning, negative: Conditioning, sampler: str) -> None:
+    """The diffusers loop runs one prompt over the whole image and schedule."""
+    for name, cond in (("positive", positive), ("negative", negative)):
+        entries = cond.entries
+        if len(entries) > 1 or entries[0].area is not None or entries[0].mask is not None \
+                or (entries[0].start, entries[0].end) != (0.0, 1.0):
+            raise StageError(f"the {name} conditioning is combined, or has an area, a mask or a timestep range, "
+                             f"which the diffusers engine ('{sampler}') does not mix",
+                             f"use ComfyUI's '{sampler.removeprefix('diffusers:')}', which does")
 
 
 def sample_advanced(model: ModelHandle, positive: Conditioning, negative: Conditioning, latent: Latent,
