@@ -78,3 +78,14 @@ def _dtype_kwarg(dtype: Any) -> dict[str, Any]:
 
     major = int(transformers.__version__.split(".")[0])
     return {"dtype": dtype} if major >= 5 else {"torch_dtype": dtype}
+
+
+def vae_from_folder(folder: Path, dtype: Any):
+    """The diffusers VAE in ``folder`` (its config.json and
+    diffusion_pytorch_model.safetensors, checked by
+    :func:`~sdflow_diffusion.models.load.inspect_vae`), as it is."""
+    import diffusers
+
+    with quiet():
+        return diffusers.AutoencoderKL.from_pretrained(folder, torch_dtype=dtype, use_safetensors=True,
+                                                       local_files_only=True)

@@ -9,13 +9,14 @@ cached checkpoint a sweep over LoRA strengths shares is never changed for
 good, and nothing is copied but the weights a patch touches.
 
 A patch is any object with ``apply(module) -> restore`` (a function that
-undoes it).
+undoes it); :class:`WeightPatch` is the one load_lora makes.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterator
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
 
 
 @contextmanager
@@ -30,3 +31,47 @@ def applied(handle: Any) -> Iterator[None]:
     finally:
         for restore in reversed(restores):
             restore()
+
+
+@dataclass(frozen=True, eq=False)
+class WeightPatch:
+    """Changes added to some weights of a module, ``strength`` times (a LoRA).
+
+    ``changes``: ``(index, path, delta)`` each; ``index`` picks one module
+    of a tuple (a text encoder of a ClipHandle) or is None, ``path`` names a
+    submodule with a ``weight``, and ``delta.weight(device, strength)`` is
+    the change, float32, ``[outputs, inputs x kernel]``.
+    """
+
+    label: str  # the file it came from, for messages
+    changes: tuple[tuple[int | None, str, Any], ...]
+    strength: float
+
+    def apply(self, module: Any) -> Callable[[], None]:
+        """Add the changes in place; return what puts every weight back bit for bit.
+
+        Each change is computed in float32 on its weight's device and added
+        to the weight in float32, rounded once to the weight's dtype (fp16 on
+        a GPU).  A copy of each weight it touches is kept until ``restore``
+        copies it back: subtracting the change again would not give the
+        same bits."""
+        import torch
+
+        saved: list[tuple[Any, Any]] = []
+
+        def restore() -> None:
+            with torch.no_grad():
+                for weight, original in reversed(saved):  # a weight changed twice ends as it began
+                    weight.copy_(original)
+
+        try:
+            with torch.no_grad():
+                for index, path, delta in self.changes:
+                    weight = (module if index is None else module[index]).get_submodule(path).weight
+                    saved.append((weight, weight.detach().clone()))
+                    change = delta.weight(weight.device, self.strength).reshape(weight.shape)
+                    weight.copy_((weight.float() + change).to(weight.dtype))
+        except BaseException:
+            restore()
+            raise
+        return restore

@@ -196,3 +196,28 @@ def _read_pickle(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict):
         raise StageError(f"'{path.name}' holds a {type(state).__name__}, not a state dict of tensors")
     return {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}
+
+
+def vae_from_single_file(path: Path, layout: str, family: str, dtype: Any):
+    """The VAE alone in the file ``path`` (checked: its shapes are
+    ``family``'s), its keys in the "original" layout (with or without the
+    checkpoint's ``first_stage_model.`` prefix, converted by diffusers) or
+    in diffusers' own."""
+    import diffusers
+    import torch
+
+    from sdflow_diffusion.models.families import family_dir, read_json
+    from sdflow_diffusion.models.ldm_layout import VAE
+
+    state = _read_safetensors(path)
+    if any(key.startswith(VAE) for key in state):  # a VAE saved with its checkpoint's prefix
+        state = {key[len(VAE):]: value for key, value in state.items() if key.startswith(VAE)}
+    if layout == "original":
+        with quiet(), _no_random_init():
+            return diffusers.AutoencoderKL.from_single_file({VAE + k: v for k, v in state.items()}, subfolder="vae",
+                                                            config=str(family_dir(family)), torch_dtype=dtype,
+                                                            local_files_only=True)
+    with torch.device("meta"):
+        vae = diffusers.AutoencoderKL.from_config(read_json(family_dir(family) / "vae" / "config.json"))
+    vae.load_state_dict({key: value.to(dtype) for key, value in state.items()}, strict=True, assign=True)
+    return vae
