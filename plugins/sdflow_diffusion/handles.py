@@ -129,6 +129,10 @@ class Conditioning:
     crop: tuple[int, int] = (0, 0)
     target_size: tuple[int, int] | None = None
     aesthetic_score: float | None = None
+    # ControlNets guiding this entry (apply_controlnet), in the order applied:
+    # objects with residuals(call) -> (down residuals, mid residual) or None
+    # (see sdflow_diffusion.numerics.denoiser.UNetCall).
+    control: tuple[Any, ...] = ()
     rest: tuple["Conditioning", ...] = ()
 
     @property

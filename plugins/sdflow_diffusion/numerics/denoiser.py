@@ -88,6 +88,7 @@ class _Entry:
     mask: torch.Tensor | None
     sigma_start: float
     sigma_end: float
+    control: tuple[Any, ...] = ()
 
 
 @dataclass
@@ -165,6 +166,7 @@ class Denoiser:
         scaled = x / (sigma**2 + 1.0) ** 0.5
         call = UNetCall(sample=scaled.to(self.model.dtype), timestep=timestep, context=torch.cat(contexts),
                         added=added, sigma=sigma, areas=[run.area for run in batch])
+        _add_control(call, batch[0].entry.control)  # on the latent alone, before a hook adds channels
         for hook in self.hooks:
             hook.before_unet(call)
         output = self.model.unet(call.sample, call.timestep, encoder_hidden_states=call.context,
@@ -176,6 +178,23 @@ class Denoiser:
         if self.v_prediction:
             return x * 1.0 / (sigma**2 + 1.0) - output * sigma * 1.0 / (sigma**2 + 1.0) ** 0.5
         return x - output * sigma
+
+
+def _add_control(call: UNetCall, controls: tuple[Any, ...]) -> None:
+    """The residuals of the ControlNets guiding the call's entries (the
+    same ones for every run of a batch), summed, as the U-Net's extra
+    arguments.  A ControlNet outside its share of the schedule gives None."""
+    down, mid = None, None
+    for control in controls:
+        residuals = control.residuals(call)
+        if residuals is None:
+            continue
+        more_down, more_mid = residuals
+        down = list(more_down) if down is None else [a + b for a, b in zip(down, more_down)]
+        mid = more_mid if mid is None else mid + more_mid
+    if down is not None:
+        call.extra["down_block_additional_residuals"] = tuple(down)
+        call.extra["mid_block_additional_residual"] = mid
 
 
 def _entry(model: ModelHandle, table: NoiseTable, cond: Conditioning, shape: torch.Size, index: int) -> _Entry:
@@ -194,7 +213,7 @@ def _entry(model: ModelHandle, table: NoiseTable, cond: Conditioning, shape: tor
             area = _bounds(mask)
         mask = mask * cond.mask_strength
     return _Entry(context, added, area, cond.strength, mask,
-                  _percent_to_sigma(table, cond.start), _percent_to_sigma(table, cond.end))
+                  _percent_to_sigma(table, cond.start), _percent_to_sigma(table, cond.end), cond.control)
 
 
 def _percent_to_sigma(table: NoiseTable, percent: float) -> float:
@@ -259,6 +278,9 @@ def _batchable(a: _Run, b: _Run) -> bool:
     the shorter."""
     if a.x.shape != b.x.shape:
         return False
+    if len(a.entry.control) != len(b.entry.control) or any(
+            x is not y for x, y in zip(a.entry.control, b.entry.control)):
+        return False  # one model call, one set of ControlNets
     ca, cb = a.entry.context.shape, b.entry.context.shape
     if ca != cb and (ca[0] != cb[0] or ca[2] != cb[2] or math.lcm(ca[1], cb[1]) // min(ca[1], cb[1]) > 4):
         return False
