@@ -30,16 +30,35 @@ import pkgutil
 import re
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
 
+class ParamWarning(NamedTuple):
+    """Something about a valid parameter value that the user should know
+    (a malformed prompt weight, read as text): shown by ``sdflow check`` as
+    a warning at the argument, at ``offset`` characters into a string value
+    when given."""
+
+    field: str
+    message: str
+    offset: int | None = None
+    help: str | None = None
+
+
 class Params(BaseModel):
     """A base for stage parameter models: unknown arguments are refused and
-    a validated parameter object cannot change (it is part of a cache key)."""
+    a validated parameter object cannot change (it is part of a cache key).
+
+    A stage type whose valid values may still deserve a word overrides
+    :meth:`warnings`; the checker calls it on every validated object."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def warnings(self) -> list[ParamWarning]:
+        """The warnings about these values (none by default)."""
+        return []
 
 
 @dataclass

@@ -85,6 +85,7 @@ def check(
     """
     checker = _Checker(recipe, registry)
     checker.params = resolve_params(recipe, overrides or {}, checker.diagnostics)
+    checker.overrides = frozenset(overrides or {})
     checker.run(syntax_ok)
     diagnostics = sorted(checker.diagnostics, key=Diagnostic.sort_key)
     if any(d.is_error for d in diagnostics) or not syntax_ok:
@@ -207,6 +208,7 @@ class _Checker:
         self.registry = registry
         self.diagnostics: list[Diagnostic] = []
         self.params: dict[str, Any] = {}
+        self.overrides: frozenset[str] = frozenset()  # the params --set gave
         self.nodes: dict[str, StageNode] = {}
         self.param_decls: dict[str, ast.Param] = {}
         self.stage_decls: dict[str, ast.Stage] = {}
@@ -551,11 +553,26 @@ class _Checker:
 
     def validate_params(self, spec, stage, values, value_spans, given) -> BaseModel | None:
         try:
-            return spec.params.model_validate(values, strict=True)
+            params = spec.params.model_validate(values, strict=True)
         except ValidationError as err:
             for e in err.errors(include_url=False):
                 self.pydantic_error(spec, stage, e, value_spans, given)
             return None
+        for warning in getattr(params, "warnings", lambda: [])():
+            self.param_warning(stage, warning, value_spans.get(warning.field))
+        return params
+
+    def param_warning(self, stage, warning, node) -> None:
+        """A stage type's warning about a valid value (W104), at the argument,
+        inside its string when it says where."""
+        span, message = stage.span if node is None else node.span, warning.message
+        if isinstance(node, ast.Ref) and node.name in self.param_decls and node.name not in self.overrides:
+            node = self.param_decls[node.name].default  # the value is the param's default: point there
+        if isinstance(node, ast.Literal) and isinstance(node.value, str):
+            span = _inside_string(node, warning.offset) or node.span
+        elif isinstance(node, ast.Ref) and warning.offset is not None:
+            message += f" (in the value of param '{node.name}', at character {warning.offset + 1})"
+        self.warn("W104", message, span, warning.help)
 
     def pydantic_error(self, spec, stage, e: dict, value_spans, given) -> None:
         loc = e.get("loc") or ()
@@ -802,3 +819,17 @@ def check_source(
         graph, semantic = check(recipe, registry, overrides, syntax_ok=not syntax)
     return recipe, graph, sorted([*syntax, *semantic], key=Diagnostic.sort_key)
 
+
+def _inside_string(literal: ast.Literal, offset: int | None) -> ast.Span | None:
+    """Where character ``offset`` of a one-line string's value is written
+    (escapes take two characters of source, one of value); None for a
+    triple-quoted string or no offset."""
+    text, span = literal.text, literal.span
+    if offset is None or text.startswith('"""') or span.line != span.end_line:
+        return None
+    source, index = 1, 0  # past the opening quote
+    while index < offset and source < len(text) - 1:
+        source += 2 if text[source] == "\\" else 1
+        index += 1
+    column = span.column + source
+    return ast.Span(span.file, span.line, column, span.line, column + 1)

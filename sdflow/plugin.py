@@ -9,7 +9,9 @@ change between versions, these names will not without notice::
 * :func:`hookimpl` marks the hook functions (see :mod:`sdflow.hookspecs`):
   ``sdflow_port_types``, ``sdflow_settings``, ``sdflow_stage_types``.
 * :func:`stage` declares a stage type in one place, :class:`Params` is a
-  base for its parameter model, :class:`Port` describes an input or output.
+  base for its parameter model (its ``warnings()`` returns
+  :class:`ParamWarning`s shown at check time), :class:`Port` describes an
+  input or output.
 * :func:`setting` declares one field of a plugin's settings model.
 * :class:`RunContext` is what a run function receives: settings, progress
   and cancellation, file identity, what it resolved, output metadata.
@@ -32,7 +34,7 @@ if TYPE_CHECKING:
     from sdflow.hookspecs import hookimpl
     from sdflow.registry import PluginRegistry, Port
     from sdflow.settings import setting
-    from sdflow.declaration import Params, StageType, stage
+    from sdflow.declaration import Params, ParamWarning, StageType, stage
 
 # Each name is imported when first asked for (PEP 562), so that declaring
 # stages and checking a recipe never import the executor.
@@ -46,6 +48,7 @@ _WHERE = {
     "Port": "sdflow.registry",
     "setting": "sdflow.settings",
     "Params": "sdflow.declaration",
+    "ParamWarning": "sdflow.declaration",
     "StageType": "sdflow.declaration",
     "stage": "sdflow.declaration",
 }

@@ -306,7 +306,7 @@ def _pixels(result):
     return np.asarray(Image.open(path), dtype=np.int16)
 
 
-def test_a_weighted_prompt_through_a_recipe(tmp_path, capsys):
+def test_a_weighted_prompt_through_a_recipe(tmp_path):
     settings, executor = {"diffusion": DiffusionSettings()}, Executor()  # one executor: the checkpoint loads once
     with registry_with() as registry:
         def run(prompt, prefix, layer=-1, convention="comfy"):
@@ -321,10 +321,33 @@ def test_a_weighted_prompt_through_a_recipe(tmp_path, capsys):
         (tmp_path / "embeddings").mkdir()
         save_file({"emb_params": torch.zeros(2, 64)}, tmp_path / "embeddings" / "blank.safetensors")  # width: sdflow-tiny's
         assert run("a (small:abc) embedding:blank circle", "warned", convention="a1111", layer=-2).shape == (32, 32, 3)
-        assert "at column 10 of the prompt: 'abc' is not a weight" in capsys.readouterr().err
 
 
 def test_clip_set_last_layer_is_checked_before_running():
     with registry_with() as registry:
         _, diagnostics = check_recipe(RECIPE.format(layer=0, convention="comfy", prefix="x"), registry)
     assert [(d.code, d.message) for d in diagnostics] == [("E402", "'stop_at_clip_layer' must be at most -1, got 0")]
+
+
+
+def test_a_malformed_weight_is_a_check_time_warning_at_its_place_in_the_string():
+    from sdflow.registry import default_registry
+    from sdflow.testing import check_recipe
+
+    recipe = """sdflow 1
+param p = "a (red:abc) circle"
+ckpt = load_checkpoint(name="sdflow-tiny.safetensors")
+a = clip_text_encode(clip=ckpt.clip, text="a \\"b\\" ((blue circle")
+b = clip_text_encode(clip=ckpt.clip, text=p)
+latent = empty_latent(width=64, height=64)
+s = sample(model=ckpt.model, positive=a, negative=b, latent=latent)
+image = vae_decode(vae=ckpt.vae, latent=s)
+save_image(image=image)
+"""
+    _graph, diagnostics = check_recipe(recipe, default_registry())
+    warnings = [(d.code, d.span.line, d.span.column) for d in diagnostics if d.code == "W104"]
+    # In the param's default, at its "abc"; past the escaped quotes, at the first "(".
+    assert warnings == [("W104", 2, 19), ("W104", 4, 52)]
+    _graph, diagnostics = check_recipe(recipe, default_registry(), overrides={"p": "(red:x)"})
+    assert any(d.code == "W104" and d.span.line == 5 and "in the value of param 'p', at character 6" in d.message
+               for d in diagnostics)

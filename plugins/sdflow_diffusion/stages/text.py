@@ -6,13 +6,20 @@ from typing import Literal
 
 from pydantic import Field
 
-from sdflow.plugin import Params, Port, stage
+from sdflow.plugin import Params, ParamWarning, Port, stage
 
 
 class ClipTextEncode(Params):
     text: str = Field(description="the prompt: (word:1.2) weights, embedding:NAME, any length (see docs/prompts.md)")
     convention: Literal["comfy", "a1111"] = Field(
         "comfy", description="how weights, BREAK and long prompts are read: ComfyUI's way or AUTOMATIC1111's")
+
+    def warnings(self) -> list[ParamWarning]:
+        """A malformed weight or an unbalanced parenthesis, at its place in the prompt."""
+        from sdflow_diffusion.numerics.prompt import parse_prompt
+
+        return [ParamWarning("text", problem.message, problem.column - 1)
+                for problem in parse_prompt(self.text, self.convention).problems]
 
 
 # 0.2: (word:1.2) weights, embedding:NAME and ComfyUI's chunking are read, not encoded as text.
@@ -56,13 +63,11 @@ def clip_text_encode(ctx, params: ClipTextEncode, clip) -> dict:
 @clip_text_encode.identifies
 def _prompt_files(ctx, params: ClipTextEncode) -> None:
     """Each embedding the prompt names, found and checked (in the cache key
-    and the metadata); the prompt's problems as warnings, before anything runs."""
+    and the metadata), before anything runs."""
     from sdflow_diffusion.models.embeddings import inspect_embedding
     from sdflow_diffusion.numerics.prompt import parse_prompt
 
-    parsed = parse_prompt(params.text, params.convention)
-    for problem in parsed.problems:
-        ctx.warn(str(problem))
+    parsed = parse_prompt(params.text, params.convention)  # its problems are check-time warnings (W104)
     for segment in parsed.embeddings:
         path = _find(ctx, segment)
         inspect_embedding(path, ctx.settings.allow_pickle, segment.text)
