@@ -172,3 +172,23 @@ def test_clip_text_encode_sdxl_is_the_xl_pipelines_two_prompts_and_sizes():
                   original_size=(768, 512), crops_coords_top_left=(32, 16), target_size=(896, 1024),
                   generator=[torch.Generator("cpu").manual_seed(3)], output_type="np").images
     assert torch.equal(mine, torch.from_numpy(theirs))
+
+
+def test_the_sdxl_base_hands_over_to_the_refiner(tmp_path):
+    """examples/sdxl_refiner.sdflow on tiny SDXL base and refiner files: the
+    base stops at step 4 of 6 with its noise left, the refiner finishes; the
+    refiner's part changes the image, and the handover is what one
+    sample_advanced run of the base over all 6 steps is not."""
+    from sdflow_diffusion.testing import tiny_checkpoint
+
+    base = tiny_checkpoint(tmp_path, "sdxl")
+    refiner = tiny_checkpoint(tmp_path, "sdxl-refiner")
+    text = (EXAMPLES / "sdxl_refiner.sdflow").read_text()
+    settings = dict(base_checkpoint=str(base), refiner_checkpoint=str(refiner), size="32", steps="6", handover="4")
+    executor = Executor()
+    handed = run_recipe(text, default_registry(), tmp_path / "handed", overrides=settings, executor=executor)
+    alone = run_recipe(text, default_registry(), tmp_path / "alone", overrides={**settings, "handover": "6"},
+                       executor=executor)
+    handed_image, alone_image = (np.asarray(Image.open(r.files[0])) for r in (handed, alone))
+    assert handed_image.shape == alone_image.shape == (32, 32, 3)
+    assert np.abs(handed_image.astype(int) - alone_image.astype(int)).max() > 0
