@@ -192,3 +192,29 @@ def test_the_sdxl_base_hands_over_to_the_refiner(tmp_path):
     handed_image, alone_image = (np.asarray(Image.open(r.files[0])) for r in (handed, alone))
     assert handed_image.shape == alone_image.shape == (32, 32, 3)
     assert np.abs(handed_image.astype(int) - alone_image.astype(int)).max() > 0
+
+
+def test_freeu_is_diffusers_freeu_and_leaves_the_model_as_it_was():
+    from sdflow_diffusion.numerics.decode import decode
+    from sdflow_diffusion.numerics.sampling import make_scheduler
+    from sdflow_diffusion.stages.model_patches import FreeU, freeu
+    from sdflow_diffusion.testing import make_pipeline, tiny_components
+
+    components = tiny_components("sd1", seed=0)
+    model, clip, vae = tiny_handles("sd1", components=components)
+    patched = freeu(None, FreeU(b1=1.5, b2=1.6, s1=0.9, s2=0.2), model)["model"]
+    params = Sample(seed=3, steps=3, cfg=6.0, sampler="diffusers:euler")
+    start = Latent(torch.zeros((1, 4, 4, 4)))
+    pos, neg = encode_text(clip, "a red circle"), encode_text(clip, "blurry")
+    mine = decode(vae, sample(patched, pos, neg, start, params))
+    assert all(getattr(block, "b1", None) is None for block in model.unet.up_blocks)  # off again
+    plain = decode(vae, sample(model, pos, neg, start, params))
+    assert not torch.equal(mine, plain)
+    pipe = make_pipeline({**components, "scheduler": make_scheduler(model.family, "diffusers:euler", "normal")},
+                         "StableDiffusionPipeline")
+    pipe.set_progress_bar_config(disable=True)
+    pipe.enable_freeu(b1=1.5, b2=1.6, s1=0.9, s2=0.2)
+    theirs = pipe("a red circle", negative_prompt="blurry", height=32, width=32, num_inference_steps=3,
+                  guidance_scale=6.0, generator=[torch.Generator("cpu").manual_seed(3)], output_type="np").images
+    pipe.disable_freeu()
+    assert torch.equal(mine, torch.from_numpy(theirs))

@@ -75,3 +75,14 @@ class WeightPatch:
             restore()
             raise
         return restore
+
+
+class FreeUPatch:
+    """FreeU switched on in a diffusers U-Net while it runs (``enable_freeu``), off after."""
+
+    def __init__(self, s1: float, s2: float, b1: float, b2: float) -> None:
+        self.factors = {"s1": s1, "s2": s2, "b1": b1, "b2": b2}
+
+    def apply(self, unet):
+        unet.enable_freeu(**self.factors)
+        return unet.disable_freeu
