@@ -102,3 +102,25 @@ def test_wrong_vaes_are_refused_with_what_they_are(models, tmp_path):
     assert "'lora.safetensors' is not a VAE" in errors(models, tmp_path, 'v = load_vae(name="lora.safetensors")')
     assert "is not one of family 'sdflow-tiny': its shapes are those of" in errors(
         models, tmp_path, 'v = load_vae(name="same.safetensors", family="sdflow-tiny")')
+
+
+def test_a_latent_decoded_by_a_vae_of_another_scale_is_refused_naming_both():
+    """An SD 1.x latent (scale 0.18215) given to an SDXL VAE (0.13025): an
+    error, not a washed-out picture; and the same for a sampler."""
+    import torch
+    from sdflow_diffusion.handles import Latent
+    from sdflow_diffusion.numerics.decode import decode
+    from sdflow_diffusion.numerics.vae_encode import encode
+    from sdflow_diffusion.testing import tiny_handles
+
+    from sdflow.plugin import StageError
+
+    _, _, sd1_vae = tiny_handles("sd1")
+    _, _, xl_vae = tiny_handles("sdxl")
+    latent = encode(sd1_vae, torch.rand((1, 32, 32, 3)))
+    assert latent.extra["space"] == ("sd1-tiny", sd1_vae.family.vae_scaling_factor)
+    decode(sd1_vae, latent)  # its own VAE: fine
+    with pytest.raises(StageError, match=r"the latent is in sd1-tiny's latent space \(VAE scale 0.18215\), "
+                                         r"but the VAE is sdxl-tiny's \(scale 0.13025\)"):
+        decode(xl_vae, latent)
+    decode(xl_vae, Latent(torch.zeros((1, 4, 4, 4))))  # an empty latent has no space: anything goes

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from sdflow_diffusion.handles import Latent, VaeHandle
+from sdflow_diffusion.numerics.space import check_space
 
 
 @torch.no_grad()
@@ -22,6 +23,7 @@ def decode(vae: VaeHandle, latent: Latent) -> torch.Tensor:
     the batch is decoded again one image at a time.
     """
     family = vae.family
+    check_space(latent, family, "the VAE")
     z = latent.samples.to(vae.device, torch.float32) / family.vae_scaling_factor
     if family.vae_shift_factor is not None:
         z = z + family.vae_shift_factor

@@ -28,6 +28,7 @@ from sdflow_diffusion.handles import Conditioning, Latent, ModelHandle
 from sdflow_diffusion.numerics.denoiser import Denoiser, DenoiserHook, image_seeds, initial_noise, start_noise
 from sdflow_diffusion.numerics.inpaint import sampler_hooks
 from sdflow_diffusion.numerics.schedules import NoiseTable, schedule
+from sdflow_diffusion.numerics.space import check_space, tagged
 
 
 def sigmas_for(table: NoiseTable, scheduler: str, steps: int, denoise: float = 1.0,
@@ -58,6 +59,7 @@ def ksample(model: ModelHandle, positive: Conditioning, negative: Conditioning, 
     are the sampler's own (eta, s_noise ...)."""
     from sdflow_diffusion.numerics.samplers import SAMPLERS, brownian_noise, gaussian_noise
 
+    check_space(latent, model.family, "the model")
     info = SAMPLERS[sampler]
     table = NoiseTable.from_scheduler_config(model.family.scheduler_config)
     sigmas = sigmas_for(table, scheduler, steps, denoise, info.discard_penultimate,
@@ -80,4 +82,4 @@ def ksample(model: ModelHandle, positive: Conditioning, negative: Conditioning, 
         noise_sampler = gaussian_noise(x, seeds)
     step = (lambda i: progress.step()) if progress is not None else None
     x = info.function(denoiser, x, sigmas, noise=noise_sampler, step=step, **(options or {}))
-    return Latent(x.float().cpu(), latent.noise_mask, dict(latent.extra))
+    return Latent(x.float().cpu(), latent.noise_mask, tagged(latent.extra, model.family))

@@ -38,6 +38,7 @@ from sdflow_diffusion.numerics.denoiser import initial_noise, unet_conditions
 from sdflow_diffusion.numerics.inpaint import diffusers_mask, inpaint_channels, keep_region
 from sdflow_diffusion.numerics.sampler_table import scheduler_options, supported
 from sdflow_diffusion.numerics.schedules import check_length
+from sdflow_diffusion.numerics.space import check_space, tagged
 
 LATENT_CHANNELS = 4
 LATENT_FACTOR = 8  # pixels per latent cell in every supported family
@@ -127,6 +128,7 @@ def diffusers_sample(model: ModelHandle, positive: Conditioning, negative: Condi
     ``progress.step()`` is called once per step (it raises when interrupted).
     """
     seed, steps, cfg, denoise = params.seed, params.steps, params.cfg, params.denoise
+    check_space(latent, model.family, "the model")
     if denoise <= 0:
         return Latent(latent.samples.clone(), latent.noise_mask, dict(latent.extra))
     sched = make_scheduler(model.family, params.sampler, params.scheduler)
@@ -161,7 +163,7 @@ def diffusers_sample(model: ModelHandle, positive: Conditioning, negative: Condi
         # Second-order samplers take two scheduler steps per step.
         if progress is not None and ((i + 1) % sched.order == 0 or i == len(timesteps) - 1):
             progress.step()
-    return Latent(x.float().cpu(), latent.noise_mask, dict(latent.extra))
+    return Latent(x.float().cpu(), latent.noise_mask, tagged(latent.extra, model.family))
 
 
 def _timesteps(sched, steps: int, denoise: float, device) -> tuple[torch.Tensor, int]:

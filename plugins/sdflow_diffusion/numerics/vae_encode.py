@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from sdflow.plugin import StageError
 from sdflow_diffusion.handles import Latent, VaeHandle
+from sdflow_diffusion.numerics.space import tagged
 
 GREY = 0.5  # what vae_encode_for_inpaint paints the masked pixels (ComfyUI's)
 
@@ -49,7 +50,7 @@ def encode(vae: VaeHandle, image: torch.Tensor) -> Latent:
     family = vae.family
     if family.vae_shift_factor is not None:
         z = z - family.vae_shift_factor
-    return Latent(samples=(z * family.vae_scaling_factor).cpu())
+    return Latent(samples=(z * family.vae_scaling_factor).cpu(), extra=tagged({}, family))
 
 
 def grow(mask: torch.Tensor, pixels: int) -> torch.Tensor:
@@ -79,4 +80,4 @@ def encode_for_inpaint(vae: VaeHandle, image: torch.Tensor, mask: torch.Tensor, 
     hard = crop_to_factor(mask.movedim(1, -1), factor).movedim(-1, 1).round()  # [B, 1, H, W]
     greyed = (image[..., :3] - GREY) * (1.0 - hard).movedim(1, -1) + GREY
     latent = encode(vae, greyed)
-    return Latent(samples=latent.samples, noise_mask=grow(hard, grow_mask_by))
+    return Latent(samples=latent.samples, noise_mask=grow(hard, grow_mask_by), extra=latent.extra)
