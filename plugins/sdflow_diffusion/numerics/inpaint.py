@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from sdflow_diffusion.handles import Latent, ModelHandle
+from sdflow_diffusion.numerics.batch import repeat_to_batch
 from sdflow_diffusion.numerics.denoiser import DenoiserHook, UNetCall, image_seeds
 
 # SD's VAE's latent of a grey (0.5) image, in the U-Net's space: ComfyUI's
@@ -42,7 +43,7 @@ def latent_mask(mask: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     (ComfyUI's ``reshape_mask``)."""
     mask = mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1]).float()
     mask = F.interpolate(mask, size=tuple(shape[-2:]), mode="bilinear")
-    return _to_batch(mask.expand(-1, shape[1], -1, -1), shape[0])
+    return repeat_to_batch(mask.expand(-1, shape[1], -1, -1), shape[0])
 
 
 def diffusers_mask(mask: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -50,16 +51,7 @@ def diffusers_mask(mask: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     0.5, then resized to the latent by nearest neighbour."""
     mask = (mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1]).float() >= 0.5).float()
     mask = F.interpolate(mask, size=tuple(shape[-2:]))
-    return _to_batch(mask, shape[0])
-
-
-def _to_batch(tensor: torch.Tensor, batch: int) -> torch.Tensor:
-    """``tensor`` repeated (or cut) to ``batch`` images, as ComfyUI's
-    ``repeat_to_batch_size``."""
-    if tensor.shape[0] == batch:
-        return tensor
-    repeats = -(-batch // tensor.shape[0])
-    return tensor.repeat(repeats, *[1] * (tensor.ndim - 1))[:batch]
+    return repeat_to_batch(mask, shape[0])
 
 
 class NoiseMask(DenoiserHook):

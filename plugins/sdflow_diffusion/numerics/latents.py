@@ -14,13 +14,12 @@ see it, and moved with them.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
 from sdflow.plugin import StageError
 from sdflow_diffusion.handles import Latent
+from sdflow_diffusion.numerics.batch import repeat_to_batch
 from sdflow_diffusion.numerics.inpaint import latent_mask
 from sdflow_diffusion.numerics.sampling import LATENT_FACTOR
 
@@ -285,15 +284,6 @@ def batch_indices(latent: Latent) -> list[int]:
     indices = latent.extra.get("batch_index")
     batch = latent.samples.shape[0]
     return list(indices) if indices is not None and len(indices) == batch else list(range(batch))
-
-
-def repeat_to_batch(tensor: torch.Tensor, batch: int) -> torch.Tensor:
-    """``tensor`` repeated whole, then cut, to ``batch`` along dim 0
-    (ComfyUI's ``repeat_to_batch_size``)."""
-    if tensor.shape[0] == batch:
-        return tensor
-    repeats = math.ceil(batch / tensor.shape[0])
-    return tensor.repeat(repeats, *[1] * (tensor.ndim - 1))[:batch]
 
 
 def _image_masks(latent: Latent) -> torch.Tensor:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from sdflow_diffusion.numerics.batch import repeat_to_batch
+
 
 def paste(destination: torch.Tensor, source: torch.Tensor, x: int, y: int,
           mask: torch.Tensor | None = None, resize_source: bool = False) -> torch.Tensor:
@@ -16,12 +18,12 @@ def paste(destination: torch.Tensor, source: torch.Tensor, x: int, y: int,
     if resize_source:
         source = F.interpolate(source, size=destination.shape[-2:], mode="bilinear")
     batch = destination.shape[0]
-    source = _to_batch(source, batch)
+    source = repeat_to_batch(source, batch)
     if mask is None:
         mask = torch.ones_like(source[:, :1])
     else:
         mask = F.interpolate(mask.reshape(-1, 1, *mask.shape[-2:]).float(), size=source.shape[-2:], mode="bilinear")
-        mask = _to_batch(mask, batch)
+        mask = repeat_to_batch(mask, batch)
     out = destination.clone()
     # The overlap of the source, placed at (x, y), with the destination.
     top, left = max(y, 0), max(x, 0)
@@ -33,9 +35,3 @@ def paste(destination: torch.Tensor, source: torch.Tensor, x: int, y: int,
     out[..., top:bottom, left:right] = source[..., part[0], part[1]] * shown + \
         destination[..., top:bottom, left:right] * (1.0 - shown)
     return out
-
-
-def _to_batch(tensor: torch.Tensor, batch: int) -> torch.Tensor:
-    if tensor.shape[0] == batch:
-        return tensor
-    return tensor.repeat(-(-batch // tensor.shape[0]), *[1] * (tensor.ndim - 1))[:batch]
