@@ -22,16 +22,16 @@ def test_stages_lists_the_built_in_stages():
     assert (result.returncode, result.stderr) == (0, "")
     rows = result.stdout.splitlines()
     assert [row.split()[0] for row in rows] == [
-        "clip_set_last_layer", "clip_text_encode", "clip_text_encode_sdxl", "clip_text_encode_sdxl_refiner",
-        "conditioning_average", "conditioning_combine", "conditioning_concat", "conditioning_set_area",
-        "conditioning_set_mask", "conditioning_set_timestep_range", "conditioning_zero_out", "empty_latent",
-        "feather_mask", "feather_mask_edges", "grow_mask", "image_batch", "image_composite", "image_crop",
-        "image_from_batch", "image_pad_for_outpaint", "image_scale", "image_to_mask", "invert_mask",
-        "latent_batch", "latent_composite", "latent_crop", "latent_from_batch", "latent_upscale",
-        "load_checkpoint", "load_image", "load_lora", "load_lora_model_only", "load_mask", "load_vae",
-        "mask_composite", "mask_from_rect", "mask_to_image", "repeat_latent_batch", "sample", "sample_advanced",
-        "save_image", "set_latent_noise_mask", "solid_mask", "threshold_mask", "vae_decode", "vae_encode",
-        "vae_encode_for_inpaint",
+        "apply_controlnet", "clip_set_last_layer", "clip_text_encode", "clip_text_encode_sdxl",
+        "clip_text_encode_sdxl_refiner", "conditioning_average", "conditioning_combine", "conditioning_concat",
+        "conditioning_set_area", "conditioning_set_mask", "conditioning_set_timestep_range",
+        "conditioning_zero_out", "empty_latent", "feather_mask", "feather_mask_edges", "freeu", "grow_mask",
+        "image_batch", "image_composite", "image_crop", "image_from_batch", "image_pad_for_outpaint", "image_scale",
+        "image_to_mask", "invert_mask", "latent_batch", "latent_composite", "latent_crop", "latent_from_batch",
+        "latent_upscale", "load_checkpoint", "load_controlnet", "load_image", "load_lora", "load_lora_model_only",
+        "load_mask", "load_vae", "mask_composite", "mask_from_rect", "mask_to_image", "repeat_latent_batch",
+        "sample", "sample_advanced", "save_image", "set_latent_noise_mask", "solid_mask", "threshold_mask",
+        "vae_decode", "vae_encode", "vae_encode_for_inpaint",
     ]
     assert all(row.endswith("  [diffusion]") for row in rows)
     width = max(len(row.split()[0]) for row in rows) + 2  # names in one column
@@ -97,17 +97,16 @@ def test_plugins_shows_name_version_and_what_each_adds():
     assert (result.returncode, result.stderr) == (0, "")
     assert result.stdout == (
         "diffusion 0.1.0  (sdflow_diffusion)\n"
-        "  port types: MODEL, CLIP, VAE, CONDITIONING, LATENT, IMAGE, MASK\n"
-        "  stages: clip_set_last_layer, clip_text_encode, clip_text_encode_sdxl, clip_text_encode_sdxl_refiner, "
-        "conditioning_average, conditioning_combine, conditioning_concat, conditioning_set_area, "
-        "conditioning_set_mask, conditioning_set_timestep_range, conditioning_zero_out, empty_latent, "
-        "feather_mask, feather_mask_edges, grow_mask, image_batch, image_composite, image_crop, "
-        "image_from_batch, image_pad_for_outpaint, image_scale, image_to_mask, invert_mask, "
-        "latent_batch, latent_composite, latent_crop, latent_from_batch, latent_upscale, "
-        "load_checkpoint, load_image, load_lora, load_lora_model_only, load_mask, load_vae, "
-        "mask_composite, mask_from_rect, mask_to_image, repeat_latent_batch, sample, sample_advanced, "
-        "save_image, set_latent_noise_mask, solid_mask, threshold_mask, vae_decode, vae_encode, "
-        "vae_encode_for_inpaint\n"
+        "  port types: MODEL, CLIP, VAE, CONDITIONING, LATENT, IMAGE, MASK, CONTROL_NET\n"
+        "  stages: apply_controlnet, clip_set_last_layer, clip_text_encode, clip_text_encode_sdxl, "
+        "clip_text_encode_sdxl_refiner, conditioning_average, conditioning_combine, conditioning_concat, "
+        "conditioning_set_area, conditioning_set_mask, conditioning_set_timestep_range, conditioning_zero_out, "
+        "empty_latent, feather_mask, feather_mask_edges, freeu, grow_mask, image_batch, image_composite, image_crop, "
+        "image_from_batch, image_pad_for_outpaint, image_scale, image_to_mask, invert_mask, latent_batch, "
+        "latent_composite, latent_crop, latent_from_batch, latent_upscale, load_checkpoint, load_controlnet, "
+        "load_image, load_lora, load_lora_model_only, load_mask, load_vae, mask_composite, mask_from_rect, "
+        "mask_to_image, repeat_latent_batch, sample, sample_advanced, save_image, set_latent_noise_mask, solid_mask, "
+        "threshold_mask, vae_decode, vae_encode, vae_encode_for_inpaint\n"
         "  settings:\n"
         "    --device / $SDFLOW_DEVICE (default 'auto'): where models run: auto is CUDA when there is a GPU, else the CPU\n"
     ) + result.stdout.split("else the CPU\n", 1)[1]

@@ -29,15 +29,16 @@ from cli import sdflow_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILT_IN_STAGES = {f"diffusion.{name}" for name in (
-    "clip_set_last_layer", "clip_text_encode", "clip_text_encode_sdxl", "clip_text_encode_sdxl_refiner",
-    "conditioning_average", "conditioning_combine", "conditioning_concat", "conditioning_set_area",
-    "conditioning_set_mask", "conditioning_set_timestep_range", "conditioning_zero_out", "empty_latent",
-    "feather_mask", "feather_mask_edges", "grow_mask", "image_batch", "image_composite", "image_crop",
-    "image_from_batch", "image_pad_for_outpaint", "image_scale", "image_to_mask", "invert_mask", "latent_batch",
-    "latent_composite", "latent_crop", "latent_from_batch", "latent_upscale", "load_checkpoint", "load_image",
-    "load_lora", "load_lora_model_only", "load_mask", "load_vae", "mask_composite", "mask_from_rect",
-    "mask_to_image", "repeat_latent_batch", "sample", "sample_advanced", "save_image", "set_latent_noise_mask",
-    "solid_mask", "threshold_mask", "vae_decode", "vae_encode", "vae_encode_for_inpaint")}
+    "apply_controlnet", "clip_set_last_layer", "clip_text_encode", "clip_text_encode_sdxl",
+    "clip_text_encode_sdxl_refiner", "conditioning_average", "conditioning_combine", "conditioning_concat",
+    "conditioning_set_area", "conditioning_set_mask", "conditioning_set_timestep_range", "conditioning_zero_out",
+    "empty_latent", "feather_mask", "feather_mask_edges", "freeu", "grow_mask", "image_batch", "image_composite",
+    "image_crop", "image_from_batch", "image_pad_for_outpaint", "image_scale", "image_to_mask", "invert_mask",
+    "latent_batch", "latent_composite", "latent_crop", "latent_from_batch", "latent_upscale", "load_checkpoint",
+    "load_controlnet", "load_image", "load_lora", "load_lora_model_only", "load_mask", "load_vae", "mask_composite",
+    "mask_from_rect", "mask_to_image", "repeat_latent_batch", "sample", "sample_advanced", "save_image",
+    "set_latent_noise_mask", "solid_mask", "threshold_mask", "vae_decode", "vae_encode", "vae_encode_for_inpaint",
+)}
 
 
 # a third-party plugin, as its author would write it -----------------------------

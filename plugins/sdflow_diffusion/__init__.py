@@ -23,6 +23,7 @@ PORT_TYPES = {
     "LATENT": ("a batch of latent images", False),
     "IMAGE": ("a batch of RGB images", False),
     "MASK": ("a batch of single-channel masks, 1 where to repaint", False),
+    "CONTROL_NET": ("a ControlNet model", True),
 }
 
 

@@ -172,3 +172,22 @@ def _json_type(value: Any) -> str:
     names = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number",
              type(None): "null", dict: "an object"}
     return names.get(type(value), type(value).__name__)
+
+
+def component_files(path: Path, what: str, shown: str, weights: str, help: str,
+                    subfolder: str | None = None) -> tuple[dict | None, Path]:
+    """A model component (a VAE, a ControlNet) given as one ``.safetensors``
+    file or a diffusers folder: ``(its config.json or None, its weights
+    file)``, checked to be there.  A folder without ``config.json`` that
+    holds ``subfolder`` (a pipeline's ``vae/``) is read there."""
+    path = Path(path)
+    if file_or_folder(path, what) == "folder":
+        folder = path
+        if subfolder is not None and not (path / "config.json").is_file() and (path / subfolder).is_dir():
+            folder = path / subfolder
+        if not (folder / weights).is_file():
+            raise StageError(f"{what} folder '{shown}' has no {weights}", help=help)
+        return read_json(folder / "config.json", f"{shown}/config.json"), folder / weights
+    if path.suffix.lower() not in (".safetensors", ".sft"):
+        raise StageError(f"{what} '{shown}' is not a .safetensors file", help=help)
+    return None, path

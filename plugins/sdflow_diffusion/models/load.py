@@ -126,17 +126,10 @@ def inspect_vae(path: Path, shown: str) -> VaeFile:
     """The VAE at ``path`` checked without reading its weights; a file that
     is not one, or a VAE of no family sdflow knows (an SD3 or Flux VAE, 16
     latent channels), is a :class:`StageError` naming ``shown``."""
-    from sdflow_diffusion.models.files import header_shapes, read_json, safetensors_header
+    from sdflow_diffusion.models.files import component_files, header_shapes, safetensors_header
 
-    path, config = Path(path), None
-    weights = path
-    if file_or_folder(path, "VAE") == "folder":
-        folder = path if (path / "config.json").is_file() or not (path / "vae").is_dir() else path / "vae"
-        config, weights = read_json(folder / "config.json", f"{shown}/config.json"), folder / VAE_WEIGHTS
-        if not weights.is_file():
-            raise StageError(f"VAE folder '{shown}' has no {VAE_WEIGHTS}", help=VAE_HELP)
-    elif path.suffix.lower() not in (".safetensors", ".sft"):
-        raise StageError(f"VAE '{shown}' is not a .safetensors file", help=VAE_HELP)
+    path = Path(path)
+    config, weights = component_files(path, "VAE", shown, VAE_WEIGHTS, VAE_HELP, subfolder="vae")
     shapes, metadata = header_shapes(safetensors_header(weights, shown))
     layout, original = _vae_shapes(shapes, shown)
     return VaeFile(path, weights, config, layout, original, _vae_fits(original, shown), metadata)

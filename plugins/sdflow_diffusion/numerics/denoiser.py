@@ -56,6 +56,7 @@ class UNetCall:
     sigma: torch.Tensor
     extra: dict[str, Any] = field(default_factory=dict)
     areas: list[tuple[int, int, int, int] | None] = field(default_factory=list)
+    table: NoiseTable | None = None  # the model's noise levels (a share of the schedule -> a sigma)
 
 
 class DenoiserHook:
@@ -165,8 +166,8 @@ class Denoiser:
         timestep = self.table.timestep(sigma).float().expand(x.shape[0]).to(x.device)
         scaled = x / (sigma**2 + 1.0) ** 0.5
         call = UNetCall(sample=scaled.to(self.model.dtype), timestep=timestep, context=torch.cat(contexts),
-                        added=added, sigma=sigma, areas=[run.area for run in batch])
-        _add_control(call, batch[0].entry.control)  # on the latent alone, before a hook adds channels
+                        added=added, sigma=sigma, areas=[run.area for run in batch], table=self.table)
+        add_control(call, batch[0].entry.control)  # on the latent alone, before a hook adds channels
         for hook in self.hooks:
             hook.before_unet(call)
         output = self.model.unet(call.sample, call.timestep, encoder_hidden_states=call.context,
@@ -180,7 +181,7 @@ class Denoiser:
         return x - output * sigma
 
 
-def _add_control(call: UNetCall, controls: tuple[Any, ...]) -> None:
+def add_control(call: UNetCall, controls: tuple[Any, ...]) -> None:
     """The residuals of the ControlNets guiding the call's entries (the
     same ones for every run of a batch), summed, as the U-Net's extra
     arguments.  A ControlNet outside its share of the schedule gives None."""
@@ -213,10 +214,10 @@ def _entry(model: ModelHandle, table: NoiseTable, cond: Conditioning, shape: tor
             area = _bounds(mask)
         mask = mask * cond.mask_strength
     return _Entry(context, added, area, cond.strength, mask,
-                  _percent_to_sigma(table, cond.start), _percent_to_sigma(table, cond.end), cond.control)
+                  percent_to_sigma(table, cond.start), percent_to_sigma(table, cond.end), cond.control)
 
 
-def _percent_to_sigma(table: NoiseTable, percent: float) -> float:
+def percent_to_sigma(table: NoiseTable, percent: float) -> float:
     """The sigma at a share of the schedule (0: the start), as ComfyUI's
     ``percent_to_sigma`` gives it for a discrete-time model."""
     if percent <= 0.0:

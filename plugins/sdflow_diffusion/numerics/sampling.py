@@ -34,10 +34,10 @@ import torch
 from sdflow.plugin import StageError
 from sdflow_diffusion.handles import Conditioning, Family, Latent, ModelHandle
 from sdflow_diffusion.models.patches import applied
-from sdflow_diffusion.numerics.denoiser import initial_noise, unet_conditions
+from sdflow_diffusion.numerics.denoiser import UNetCall, add_control, initial_noise, unet_conditions
 from sdflow_diffusion.numerics.inpaint import diffusers_mask, inpaint_channels, keep_region
 from sdflow_diffusion.numerics.sampler_table import scheduler_options, supported
-from sdflow_diffusion.numerics.schedules import check_length
+from sdflow_diffusion.numerics.schedules import NoiseTable, check_length
 from sdflow_diffusion.numerics.space import check_space, tagged
 
 LATENT_CHANNELS = 4
@@ -137,6 +137,8 @@ def diffusers_sample(model: ModelHandle, positive: Conditioning, negative: Condi
     x, noise, generators = _noisy_start(sched, start, seed, timesteps, begin, latent.extra.get("batch_index"))
     guided = cfg > 1  # as the pipelines: at cfg <= 1 the negative is not run
     context, added = unet_conditions(model, positive, negative, x.shape, guided)
+    controls = _controls(positive, negative, guided, params.sampler)
+    table = NoiseTable.from_scheduler_config(model.family.scheduler_config)
     step_args = _step_arguments(sched, generators)
     # Inpainting as diffusers' inpaint pipeline: an inpainting U-Net gets the
     # mask and masked image beside its input; an ordinary one has the kept
@@ -150,10 +152,13 @@ def diffusers_sample(model: ModelHandle, positive: Conditioning, negative: Condi
     for i, t in enumerate(timesteps):
         inputs = torch.cat([x] * 2) if guided else x
         inputs = sched.scale_model_input(inputs, t)
+        call = UNetCall(sample=inputs.to(model.dtype), timestep=t, context=context, added=added,
+                        sigma=table.sigma(t.cpu()), areas=[None] * (2 if guided else 1), table=table)
+        add_control(call, controls)  # the pipeline's ControlNet call, on the latent alone
         if channels is not None:
-            inputs = torch.cat([inputs, channels], dim=1)
-        prediction = model.unet(inputs.to(model.dtype), t, encoder_hidden_states=context, added_cond_kwargs=added,
-                                return_dict=False)[0].float()
+            call.sample = torch.cat([call.sample, channels.to(model.dtype)], dim=1)
+        prediction = model.unet(call.sample, t, encoder_hidden_states=context, added_cond_kwargs=added,
+                                return_dict=False, **call.extra)[0].float()
         if guided:
             uncond, cond = prediction.chunk(2)
             prediction = uncond + cfg * (cond - uncond)
@@ -164,6 +169,18 @@ def diffusers_sample(model: ModelHandle, positive: Conditioning, negative: Condi
         if progress is not None and ((i + 1) % sched.order == 0 or i == len(timesteps) - 1):
             progress.step()
     return Latent(x.float().cpu(), latent.noise_mask, tagged(latent.extra, model.family))
+
+
+def _controls(positive: Conditioning, negative: Conditioning, guided: bool, sampler: str) -> tuple:
+    """The ControlNets of the diffusers loop's one batch: the prompt's,
+    which must be the negative's too (the pipelines apply one to both)."""
+    control = positive.entries[0].control
+    if guided and [id(c) for c in negative.entries[0].control] != [id(c) for c in control]:
+        raise StageError(f"the positive and negative conditionings have different ControlNets, which the "
+                         f"diffusers engine ('{sampler}') runs in one batch",
+                         f"use ComfyUI's '{sampler.removeprefix('diffusers:')}', which runs them apart, "
+                         "or apply the ControlNet to both")
+    return control
 
 
 def _timesteps(sched, steps: int, denoise: float, device) -> tuple[torch.Tensor, int]:
