@@ -34,6 +34,10 @@ POSITIONS = ("left", "right", "top", "bottom", "center")
 RGB = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255),
        "yellow": (255, 255, 0), "white": (255, 255, 255), "black": (0, 0, 0)}
 PALETTE = np.array([RGB[c] for c in COLOURS], dtype=np.float32)
+# Colours the base model never sees, for LoRAs that teach one (each at least
+# 255 from every palette colour, so the scorer's thresholds hold for them).
+EXTRA_RGB = {"magenta": (255, 0, 255)}
+ALL_COLOURS = COLOURS + tuple(EXTRA_RGB)
 
 IMAGE_SIZE = 64
 RADIUS = {"small": 9, "large": 16}  # circle radius, half the side of a square or triangle
@@ -102,14 +106,16 @@ def render(attrs: Attributes, rng: np.random.Generator) -> np.ndarray:
     return render_batch([attrs], rng.integers(0, JITTERS, 1))[0]
 
 
-def render_batch(attrs: list[Attributes], jitters: np.ndarray) -> np.ndarray:
+def render_batch(attrs: list[Attributes], jitters: np.ndarray, colours: tuple[str, ...] = COLOURS) -> np.ndarray:
     """Pictures [N, 64, 64, 3] uint8 of ``attrs``, each shape's centre moved
-    by its jitter index (0 to JITTERS - 1, see :func:`shape_centre`)."""
+    by its jitter index (0 to JITTERS - 1, see :func:`shape_centre`).
+    ``colours``: the colours ``attrs`` may name (:data:`ALL_COLOURS` for the
+    extra ones too); a palette colour is drawn the same either way."""
     codes = np.array([(SHAPES.index(a.shape), SIZES.index(a.size), POSITIONS.index(a.position),
-                       COLOURS.index(a.colour), COLOURS.index(a.background)) for a in attrs], dtype=np.int64)
-    shapes, sizes, positions, colours, backgrounds = codes.reshape(-1, 5).T
+                       colours.index(a.colour), colours.index(a.background)) for a in attrs], dtype=np.int64)
+    shapes, sizes, positions, fills, backgrounds = codes.reshape(-1, 5).T
     masks = ((shapes * len(SIZES) + sizes) * len(POSITIONS) + positions) * JITTERS + np.asarray(jitters)
-    return _compose(masks, colours, backgrounds)
+    return _compose(masks, fills, backgrounds, colours)
 
 
 def make_dataset(count: int, seed: int = 0, split: str = "train"
@@ -177,23 +183,26 @@ def _draw_mask(shape: str, size: str, position: str, jitter: int) -> np.ndarray:
     return covered.reshape(IMAGE_SIZE, k, IMAGE_SIZE, k).sum(axis=(1, 3), dtype=np.uint16)
 
 
-@lru_cache(maxsize=1)
-def _colour_table() -> np.ndarray:
-    """[background, colour, level] -> RGB uint8, flattened to [6*6*17, 3]:
-    the blend of every colour pair at every coverage level, computed once so
-    that composing a picture is one table look-up per pixel."""
+@lru_cache(maxsize=2)
+def _colour_table(colours: tuple[str, ...] = COLOURS) -> np.ndarray:
+    """[background, colour, level] -> RGB uint8, flattened to [6*6*17, 3]
+    (for the six palette colours): the blend of every colour pair at every
+    coverage level, computed once so that composing a picture is one table
+    look-up per pixel."""
+    rgb = {**RGB, **EXTRA_RGB}
+    palette = np.array([rgb[c] for c in colours], dtype=np.float32)
     levels = np.arange(SUPERSAMPLE ** 2 + 1, dtype=np.float32) / SUPERSAMPLE ** 2
-    fg = PALETTE[None, :, None, :]
-    bg = PALETTE[:, None, None, :]
+    fg = palette[None, :, None, :]
+    bg = palette[:, None, None, :]
     blend = bg + levels[None, None, :, None] * (fg - bg)
     return np.rint(blend).astype(np.uint8).reshape(-1, 3)
 
 
-def _compose(bank_indices: np.ndarray, colours: np.ndarray, backgrounds: np.ndarray,
-             chunk: int = 4096) -> np.ndarray:
-    bank, table = _mask_bank(), _colour_table()
+def _compose(bank_indices: np.ndarray, fills: np.ndarray, backgrounds: np.ndarray,
+             colours: tuple[str, ...] = COLOURS, chunk: int = 4096) -> np.ndarray:
+    bank, table = _mask_bank(), _colour_table(colours)
     levels = SUPERSAMPLE ** 2 + 1
-    offsets = ((backgrounds * len(COLOURS) + colours) * levels).astype(np.uint16)
+    offsets = ((backgrounds * len(colours) + fills) * levels).astype(np.uint16)
     out = np.empty((len(bank_indices), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     for start in range(0, len(bank_indices), chunk):
         part = slice(start, start + chunk)

@@ -22,9 +22,11 @@ import numpy as np
 from training.tiny.dataset import (
     ANCHOR_OFFSET,
     COLOURS,
+    EXTRA_RGB,
     IMAGE_SIZE,
     PALETTE,
     RADIUS,
+    RGB,
     Attributes,
 )
 
@@ -37,21 +39,23 @@ MIN_SHAPE_PIXELS = 8
 _ROWS, _COLUMNS = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE] + 0.5  # pixel centres
 
 
-def score(image: np.ndarray) -> Attributes:
+def score(image: np.ndarray, colours: tuple[str, ...] = COLOURS) -> Attributes:
     """The attributes ``image`` ([64, 64, 3] uint8) shows; fields it cannot
-    tell are :data:`UNKNOWN`."""
+    tell are :data:`UNKNOWN`.  ``colours``: the colours to choose among
+    (names of ``RGB`` or :data:`EXTRA_RGB`; the palette by default)."""
     pixels = np.asarray(image, dtype=np.float32)
     if pixels.shape != (IMAGE_SIZE, IMAGE_SIZE, 3):
         raise ValueError(f"expected a [{IMAGE_SIZE}, {IMAGE_SIZE}, 3] image, got {list(pixels.shape)}")
     border = np.concatenate([pixels[0], pixels[-1], pixels[1:-1, 0], pixels[1:-1, -1]])
     backdrop = np.median(border, axis=0)
-    background = _nearest(backdrop)
+    palette = PALETTE if colours == COLOURS else _palette(colours)
+    background = _nearest(backdrop, colours, palette)
     inside = np.linalg.norm(pixels - backdrop, axis=-1) > SHAPE_THRESHOLD
     ys, xs = np.nonzero(inside)
     if len(xs) < MIN_SHAPE_PIXELS:
         return Attributes(UNKNOWN, UNKNOWN, background, UNKNOWN, UNKNOWN)
     ink = np.median(pixels[ys, xs], axis=0)
-    colour = _nearest(ink)
+    colour = _nearest(ink, colours, palette)
     # Again, halfway between the two colours found: where the first cut lies
     # depends on how far apart they are, and would make a shape on a
     # contrasting background look bigger and rounder.
@@ -68,14 +72,20 @@ def score(image: np.ndarray) -> Attributes:
     return Attributes(shape, colour, background, size, _position(*centre))
 
 
-def judge(image: np.ndarray, expected: Attributes) -> dict[str, bool]:
-    """For each attribute, whether ``image`` shows what ``expected`` says."""
-    found = score(image)
+def judge(image: np.ndarray, expected: Attributes, colours: tuple[str, ...] = COLOURS) -> dict[str, bool]:
+    """For each attribute, whether ``image`` shows what ``expected`` says
+    (``colours`` as for :func:`score`)."""
+    found = score(image, colours)
     return {name: getattr(found, name) == getattr(expected, name) for name in FIELDS}
 
 
-def _nearest(rgb: np.ndarray) -> str:
-    return COLOURS[int(np.argmin(np.linalg.norm(PALETTE - rgb, axis=-1)))]
+def _palette(colours: tuple[str, ...]) -> np.ndarray:
+    rgb = {**RGB, **EXTRA_RGB}
+    return np.array([rgb[c] for c in colours], dtype=np.float32)
+
+
+def _nearest(rgb: np.ndarray, colours: tuple[str, ...], palette: np.ndarray) -> str:
+    return colours[int(np.argmin(np.linalg.norm(palette - rgb, axis=-1)))]
 
 
 def _shape(coverage: np.ndarray, centre: tuple[float, float], half: tuple[float, float]) -> str:
