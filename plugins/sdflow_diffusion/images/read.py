@@ -10,7 +10,6 @@ user's own choice for this run and is taken as it is.
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import warnings
 from contextlib import contextmanager
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from sdflow.plugin import StageError
+from sdflow_diffusion.models.lookup import name_hint
 from sdflow_diffusion.settings import DiffusionSettings
 
 if TYPE_CHECKING:
@@ -118,13 +118,7 @@ def _not_found(name: str, folders: list[Path]) -> StageError:
     stems: dict[str, str] = {}
     for found in available:  # the shortest name of a file found twice (in the recipe's folder and its inputs/)
         stems.setdefault(Path(found).stem, found)
-    close = difflib.get_close_matches(Path(name).stem, list(stems), n=1, cutoff=0.6)
-    if close:
-        hint = f"did you mean '{stems[close[0]]}'?"
-    elif available:
-        hint = "found there: " + ", ".join(available[:8]) + (", ..." if len(available) > 8 else "")
-    else:
-        hint = "no images were found there; pass --inputs DIR or set SDFLOW_INPUTS"
+    hint = name_hint(name, stems, available, "no images were found there; pass --inputs DIR or set SDFLOW_INPUTS")
     return StageError(f"image '{name}' not found", help=f"{hint} (looked in: {looked})")
 
 

@@ -18,14 +18,14 @@ tensor, as ComfyUI picks them.  Their width must be the encoder's.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any
 
 from sdflow.plugin import StageError
 from sdflow_diffusion.models.common import PICKLE_SUFFIXES
-from sdflow_diffusion.models.files import header_shapes, regular_file, safetensors_header
+from sdflow_diffusion.models.files import header_shapes, load_weights, regular_file, safetensors_header
+from sdflow_diffusion.models.lookup import name_hint
 
 SUFFIXES = (".safetensors", ".pt", ".bin")
 HELP = ("an embedding is trained for one kind of model: width 768 is SD 1.x, 1024 SD 2.x; "
@@ -88,13 +88,8 @@ def find_embedding(name: str, settings: Any, recipe_dir: Path | None, column: in
                 return folder / candidate
     there = sorted({str(p.relative_to(f).with_suffix("")) for f in folders if f.is_dir()
                     for p in f.rglob("*") if p.suffix.lower() in SUFFIXES})
-    close = difflib.get_close_matches(PurePath(name).stem, there, n=1, cutoff=0.6)
-    if close:
-        hint = f"did you mean 'embedding:{close[0]}'?"
-    elif there:
-        hint = "found there: " + ", ".join(there[:8]) + (", ..." if len(there) > 8 else "")
-    else:
-        hint = f"no embeddings were found there; put {name}.safetensors in an embeddings folder"
+    hint = name_hint(name, {stem: f"embedding:{stem}" for stem in there}, there,
+                     f"no embeddings were found there; put {name}.safetensors in an embeddings folder")
     looked = ", ".join(map(str, folders)) or "no folders: pass --models-dir DIR or set SDFLOW_MODELS"
     raise StageError(f"embedding '{name}' {where} not found", help=f"{hint} (looked in: {looked})")
 
@@ -116,16 +111,7 @@ def read_embedding(name: str, path: Path, allow_pickle: bool) -> Embedding:
     import torch
 
     inspect_embedding(path, allow_pickle, name)
-    try:
-        if path.suffix.lower() in PICKLE_SUFFIXES:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-        else:
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-    except Exception as err:
-        raise StageError(f"cannot read embedding '{name}' ({path.name}): {type(err).__name__}: {err}",
-                         help=HELP) from None
+    state = load_weights(path, f"embedding '{name}' ({path.name})", HELP)
     if isinstance(state, torch.Tensor):
         state = {"": state}
     if not isinstance(state, dict):

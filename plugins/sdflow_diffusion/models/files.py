@@ -191,3 +191,22 @@ def component_files(path: Path, what: str, shown: str, weights: str, help: str,
     if path.suffix.lower() not in (".safetensors", ".sft"):
         raise StageError(f"{what} '{shown}' is not a .safetensors file", help=help)
     return None, path
+
+
+def load_weights(path: Path, what: str, help: str) -> object:
+    """The tensors of a small weights file (a LoRA, an embedding): a
+    ``.safetensors`` file, or a pickle read with ``weights_only`` (the caller
+    has checked that pickles are allowed); a file torch or safetensors cannot
+    read is a :class:`StageError` naming ``what``."""
+    import torch
+
+    from sdflow_diffusion.models.common import PICKLE_SUFFIXES
+
+    try:
+        if Path(path).suffix.lower() in PICKLE_SUFFIXES:
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    except Exception as err:
+        raise StageError(f"cannot read {what}: {type(err).__name__}: {err}", help=help) from None

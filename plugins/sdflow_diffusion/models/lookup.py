@@ -10,7 +10,8 @@ subfolder (``checkpoints``, ``loras``, ``vae``, ``controlnet``,
 from __future__ import annotations
 
 import difflib
-from pathlib import Path
+from collections.abc import Mapping, Sequence
+from pathlib import Path, PurePath
 
 from sdflow.plugin import StageError
 from sdflow_diffusion.models.common import CHECKPOINT_SUFFIXES
@@ -101,15 +102,22 @@ def _not_found(kind: str, name: str, direct: list[Path], folders: list[Path]) ->
     # Compare names without their suffix: ".safetensors" alone would make
     # any two file names look alike.
     stems = {Path(n).stem: n for n in [*available, *shipped_models(kind)]}
-    close = difflib.get_close_matches(Path(name).stem, list(stems), n=1, cutoff=0.6)
-    if close:
-        hint = f"did you mean '{stems[close[0]]}'?"
-    elif available:
-        hint = "found there: " + ", ".join(available[:8]) + (", ..." if len(available) > 8 else "")
-    else:
-        hint = f"no {WORDS.get(kind, kind)}s were found there; pass --models-dir DIR or set SDFLOW_MODELS"
-        hint += "".join(f" (sdflow ships '{n}')" for n in shipped_models(kind))
+    nothing = f"no {WORDS.get(kind, kind)}s were found there; pass --models-dir DIR or set SDFLOW_MODELS"
+    nothing += "".join(f" (sdflow ships '{n}')" for n in shipped_models(kind))
+    hint = name_hint(name, stems, available, nothing)
     return StageError(f"{WORDS.get(kind, kind)} '{name}' not found", help=f"{hint} (looked in: {looked})")
+
+
+def name_hint(name: str, names: Mapping[str, str], listed: Sequence[str], nothing: str) -> str:
+    """The help for a name not found: "did you mean ...?" with the closest
+    of ``names`` (a file's stem -> how to write it) to ``name``'s stem, else
+    the first 8 ``listed`` names that are there, else ``nothing``."""
+    close = difflib.get_close_matches(PurePath(name).stem, list(names), n=1, cutoff=0.6)
+    if close:
+        return f"did you mean '{names[close[0]]}'?"
+    if listed:
+        return "found there: " + ", ".join(listed[:8]) + (", ..." if len(listed) > 8 else "")
+    return nothing
 
 
 def _looks_like_model(path: Path) -> bool:

@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 from sdflow.plugin import StageError
 from sdflow_diffusion.models.common import PICKLE_SUFFIXES
-from sdflow_diffusion.models.files import header_shapes, regular_file, safetensors_header
+from sdflow_diffusion.models.files import header_shapes, load_weights, regular_file, safetensors_header
 
 ROLES = {  # the end of a key -> what the tensor is
     ".lora_down.weight": "down", ".lora_up.weight": "up", ".alpha": "alpha",
@@ -114,15 +114,7 @@ def read_lora(path: Path, allow_pickle: bool, shown: str) -> tuple[Layout, dict[
     import torch
 
     inspect_lora(path, allow_pickle, shown)
-    try:
-        if path.suffix.lower() in PICKLE_SUFFIXES:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-        else:
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-    except Exception as err:
-        raise StageError(f"cannot read the LoRA '{shown}': {type(err).__name__}: {err}", help=HELP) from None
+    state = load_weights(path, f"the LoRA '{shown}'", HELP)
     if not isinstance(state, dict):
         raise StageError(f"'{shown}' holds a {type(state).__name__}, not a state dict of tensors", help=HELP)
     tensors = {k: v.float() for k, v in state.items() if isinstance(v, torch.Tensor)}

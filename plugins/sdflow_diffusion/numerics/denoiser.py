@@ -319,7 +319,13 @@ def initial_noise(shape, seed: int, batch_index: list[int] | None = None
     """Standard normal noise drawn on the CPU, image i from its seed
     (:func:`image_seeds`), and the generators, which go on to serve the
     sampler's own noise."""
-    generators = [torch.Generator("cpu").manual_seed(s) for s in image_seeds(seed, shape[0], batch_index)]
+    return noise_from_seeds(shape, image_seeds(seed, shape[0], batch_index))
+
+
+def noise_from_seeds(shape, seeds: list[int]) -> tuple[torch.Tensor, list[torch.Generator]]:
+    """Standard normal noise of ``shape``, image i drawn on the CPU from
+    ``seeds[i]``, and the generators."""
+    generators = [torch.Generator("cpu").manual_seed(s % 2**64) for s in seeds]
     noise = [torch.randn((1, *shape[1:]), generator=g, dtype=torch.float32) for g in generators]
     return torch.cat(noise), generators
 

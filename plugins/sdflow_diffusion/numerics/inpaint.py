@@ -108,7 +108,7 @@ def sampler_hooks(model: ModelHandle, latent: Latent, start: torch.Tensor, noise
     """The hooks a ComfyUI sampler runs with for ``latent``: its noise mask,
     an inpainting U-Net's channels.  ``fresh_noise``: the kept region is
     noised from seed + 1 instead of the starting noise (ComfyUI's ddim)."""
-    from sdflow_diffusion.numerics.denoiser import initial_noise
+    from sdflow_diffusion.numerics.denoiser import noise_from_seeds
 
     hooks: list[DenoiserHook] = []
     channels = inpaint_channels(model, latent, start)
@@ -117,7 +117,7 @@ def sampler_hooks(model: ModelHandle, latent: Latent, start: torch.Tensor, noise
     if latent.noise_mask is not None:
         if fresh_noise:
             seeds = image_seeds(seed, start.shape[0], latent.extra.get("batch_index"))
-            noise = initial_noise(start.shape, 0, [s + 1 for s in seeds])[0].to(start.device)
+            noise = noise_from_seeds(start.shape, [s + 1 for s in seeds])[0].to(start.device)
         hooks.append(NoiseMask(latent_mask(latent.noise_mask, start.shape).to(start.device), start, noise))
     return tuple(hooks)
 
