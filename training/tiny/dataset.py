@@ -28,23 +28,24 @@ SHAPES = ("circle", "square", "triangle")
 COLOURS = ("red", "green", "blue", "yellow", "white", "black")
 SIZES = ("small", "large")
 POSITIONS = ("left", "right", "top", "bottom", "center")
+# Positions the base model never sees, for LoRAs that teach them: the
+# corners, off centre along both axes.
+CORNERS = ("top left", "top right", "bottom left", "bottom right")
+ALL_POSITIONS = POSITIONS + CORNERS
 
 # Pure colours: every pair is at least 255 apart in RGB, so a nearest-colour
 # guess survives heavy noise and a VAE's smudging.
 RGB = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255),
        "yellow": (255, 255, 0), "white": (255, 255, 255), "black": (0, 0, 0)}
 PALETTE = np.array([RGB[c] for c in COLOURS], dtype=np.float32)
-# Colours the base model never sees, for LoRAs that teach one (each at least
-# 255 from every palette colour, so the scorer's thresholds hold for them).
-EXTRA_RGB = {"magenta": (255, 0, 255)}
-ALL_COLOURS = COLOURS + tuple(EXTRA_RGB)
 
 IMAGE_SIZE = 64
 RADIUS = {"small": 9, "large": 16}  # circle radius, half the side of a square or triangle
 ANCHOR_OFFSET = 12  # shape centre's distance from the image centre, off centre
 JITTER = 2  # the centre moves by up to this many pixels along each axis
 JITTERS = (2 * JITTER + 1) ** 2  # jitter indices: every (dx, dy)
-ANCHORS = {"left": (-1, 0), "right": (1, 0), "top": (0, -1), "bottom": (0, 1), "center": (0, 0)}
+ANCHORS = {"left": (-1, 0), "right": (1, 0), "top": (0, -1), "bottom": (0, 1), "center": (0, 0),
+           "top left": (-1, -1), "top right": (1, -1), "bottom left": (-1, 1), "bottom right": (1, 1)}
 SUPERSAMPLE = 4
 
 TRIPLES = tuple((s, c, b) for s in SHAPES for c in COLOURS for b in COLOURS if b != c)
@@ -65,6 +66,7 @@ POSITION_PHRASES = {
     "top": ("at the top", "near the top"),
     "bottom": ("at the bottom", "near the bottom"),
     "center": ("in the center", "in the middle"),
+    **{corner: (f"at the {corner}", f"in the {corner} corner") for corner in CORNERS},
 }
 BACKGROUND_PHRASES = (" on a {} background", " against a {} background", ", {} background",
                       " against a {} backdrop", " with a {} backdrop")
@@ -106,16 +108,15 @@ def render(attrs: Attributes, rng: np.random.Generator) -> np.ndarray:
     return render_batch([attrs], rng.integers(0, JITTERS, 1))[0]
 
 
-def render_batch(attrs: list[Attributes], jitters: np.ndarray, colours: tuple[str, ...] = COLOURS) -> np.ndarray:
+def render_batch(attrs: list[Attributes], jitters: np.ndarray) -> np.ndarray:
     """Pictures [N, 64, 64, 3] uint8 of ``attrs``, each shape's centre moved
     by its jitter index (0 to JITTERS - 1, see :func:`shape_centre`).
-    ``colours``: the colours ``attrs`` may name (:data:`ALL_COLOURS` for the
-    extra ones too); a palette colour is drawn the same either way."""
-    codes = np.array([(SHAPES.index(a.shape), SIZES.index(a.size), POSITIONS.index(a.position),
-                       colours.index(a.colour), colours.index(a.background)) for a in attrs], dtype=np.int64)
-    shapes, sizes, positions, fills, backgrounds = codes.reshape(-1, 5).T
-    masks = ((shapes * len(SIZES) + sizes) * len(POSITIONS) + positions) * JITTERS + np.asarray(jitters)
-    return _compose(masks, fills, backgrounds, colours)
+    A position may be one of the :data:`CORNERS` too."""
+    codes = np.array([(SHAPES.index(a.shape), SIZES.index(a.size), ALL_POSITIONS.index(a.position),
+                       COLOURS.index(a.colour), COLOURS.index(a.background)) for a in attrs], dtype=np.int64)
+    shapes, sizes, positions, colours, backgrounds = codes.reshape(-1, 5).T
+    masks = ((shapes * len(SIZES) + sizes) * len(ALL_POSITIONS) + positions) * JITTERS + np.asarray(jitters)
+    return _compose(masks, colours, backgrounds)
 
 
 def make_dataset(count: int, seed: int = 0, split: str = "train"
@@ -159,9 +160,9 @@ def _pick(options: tuple[str, ...], u: float) -> str:
 
 @lru_cache(maxsize=1)
 def _mask_bank() -> np.ndarray:
-    """[shapes*sizes*positions*jitters, 64, 64] uint16 coverage levels, 0 to
+    """[shapes*sizes*all positions*jitters, 64, 64] uint16 coverage levels, 0 to
     SUPERSAMPLE**2 (how many of a pixel's subpixels the shape covers)."""
-    combos = itertools.product(SHAPES, SIZES, POSITIONS, range(JITTERS))
+    combos = itertools.product(SHAPES, SIZES, ALL_POSITIONS, range(JITTERS))
     return np.stack([_draw_mask(s, z, p, j) for s, z, p, j in combos])
 
 
@@ -183,26 +184,23 @@ def _draw_mask(shape: str, size: str, position: str, jitter: int) -> np.ndarray:
     return covered.reshape(IMAGE_SIZE, k, IMAGE_SIZE, k).sum(axis=(1, 3), dtype=np.uint16)
 
 
-@lru_cache(maxsize=2)
-def _colour_table(colours: tuple[str, ...] = COLOURS) -> np.ndarray:
-    """[background, colour, level] -> RGB uint8, flattened to [6*6*17, 3]
-    (for the six palette colours): the blend of every colour pair at every
-    coverage level, computed once so that composing a picture is one table
-    look-up per pixel."""
-    rgb = {**RGB, **EXTRA_RGB}
-    palette = np.array([rgb[c] for c in colours], dtype=np.float32)
+@lru_cache(maxsize=1)
+def _colour_table() -> np.ndarray:
+    """[background, colour, level] -> RGB uint8, flattened to [6*6*17, 3]:
+    the blend of every colour pair at every coverage level, computed once so
+    that composing a picture is one table look-up per pixel."""
     levels = np.arange(SUPERSAMPLE ** 2 + 1, dtype=np.float32) / SUPERSAMPLE ** 2
-    fg = palette[None, :, None, :]
-    bg = palette[:, None, None, :]
+    fg = PALETTE[None, :, None, :]
+    bg = PALETTE[:, None, None, :]
     blend = bg + levels[None, None, :, None] * (fg - bg)
     return np.rint(blend).astype(np.uint8).reshape(-1, 3)
 
 
-def _compose(bank_indices: np.ndarray, fills: np.ndarray, backgrounds: np.ndarray,
-             colours: tuple[str, ...] = COLOURS, chunk: int = 4096) -> np.ndarray:
-    bank, table = _mask_bank(), _colour_table(colours)
+def _compose(bank_indices: np.ndarray, colours: np.ndarray, backgrounds: np.ndarray,
+             chunk: int = 4096) -> np.ndarray:
+    bank, table = _mask_bank(), _colour_table()
     levels = SUPERSAMPLE ** 2 + 1
-    offsets = ((backgrounds * len(colours) + fills) * levels).astype(np.uint16)
+    offsets = ((backgrounds * len(COLOURS) + colours) * levels).astype(np.uint16)
     out = np.empty((len(bank_indices), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     for start in range(0, len(bank_indices), chunk):
         part = slice(start, start + chunk)

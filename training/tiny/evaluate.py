@@ -15,7 +15,8 @@ from pathlib import Path
 from training.tiny.dataset import IMAGE_SIZE, Attributes
 
 SHORT = {"small": "sm", "large": "lg", "circle": "circ", "square": "sq", "triangle": "tri",
-         "left": "L", "right": "R", "top": "T", "bottom": "B", "center": "C"}
+         "left": "L", "right": "R", "top": "T", "bottom": "B", "center": "C",
+         "top left": "TL", "top right": "TR", "bottom left": "BL", "bottom right": "BR"}
 
 
 def render_prompts(checkpoint_path: Path, prompts: list[str], seeds: list[int], steps: int = 20,

@@ -22,11 +22,10 @@ import numpy as np
 from training.tiny.dataset import (
     ANCHOR_OFFSET,
     COLOURS,
-    EXTRA_RGB,
+    CORNERS,
     IMAGE_SIZE,
     PALETTE,
     RADIUS,
-    RGB,
     Attributes,
 )
 
@@ -39,23 +38,22 @@ MIN_SHAPE_PIXELS = 8
 _ROWS, _COLUMNS = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE] + 0.5  # pixel centres
 
 
-def score(image: np.ndarray, colours: tuple[str, ...] = COLOURS) -> Attributes:
+def score(image: np.ndarray, corners: bool = False) -> Attributes:
     """The attributes ``image`` ([64, 64, 3] uint8) shows; fields it cannot
-    tell are :data:`UNKNOWN`.  ``colours``: the colours to choose among
-    (names of ``RGB`` or :data:`EXTRA_RGB`; the palette by default)."""
+    tell are :data:`UNKNOWN`.  ``corners``: also tell the :data:`CORNERS`
+    (which the base model never draws) from the five positions."""
     pixels = np.asarray(image, dtype=np.float32)
     if pixels.shape != (IMAGE_SIZE, IMAGE_SIZE, 3):
         raise ValueError(f"expected a [{IMAGE_SIZE}, {IMAGE_SIZE}, 3] image, got {list(pixels.shape)}")
     border = np.concatenate([pixels[0], pixels[-1], pixels[1:-1, 0], pixels[1:-1, -1]])
     backdrop = np.median(border, axis=0)
-    palette = PALETTE if colours == COLOURS else _palette(colours)
-    background = _nearest(backdrop, colours, palette)
+    background = _nearest(backdrop)
     inside = np.linalg.norm(pixels - backdrop, axis=-1) > SHAPE_THRESHOLD
     ys, xs = np.nonzero(inside)
     if len(xs) < MIN_SHAPE_PIXELS:
         return Attributes(UNKNOWN, UNKNOWN, background, UNKNOWN, UNKNOWN)
     ink = np.median(pixels[ys, xs], axis=0)
-    colour = _nearest(ink, colours, palette)
+    colour = _nearest(ink)
     # Again, halfway between the two colours found: where the first cut lies
     # depends on how far apart they are, and would make a shape on a
     # contrasting background look bigger and rounder.
@@ -69,23 +67,18 @@ def score(image: np.ndarray, colours: tuple[str, ...] = COLOURS) -> Attributes:
     centre = ((x0 + x1 + 1) / 2, (y0 + y1 + 1) / 2)
     shape = _shape(np.clip(coverage, 0.0, 1.0), centre, (width / 2, height / 2))
     size = "large" if max(width, height) > LARGE_EXTENT else "small"
-    return Attributes(shape, colour, background, size, _position(*centre))
+    return Attributes(shape, colour, background, size, _position(*centre, corners))
 
 
-def judge(image: np.ndarray, expected: Attributes, colours: tuple[str, ...] = COLOURS) -> dict[str, bool]:
+def judge(image: np.ndarray, expected: Attributes, corners: bool = False) -> dict[str, bool]:
     """For each attribute, whether ``image`` shows what ``expected`` says
-    (``colours`` as for :func:`score`)."""
-    found = score(image, colours)
+    (``corners`` as for :func:`score`)."""
+    found = score(image, corners)
     return {name: getattr(found, name) == getattr(expected, name) for name in FIELDS}
 
 
-def _palette(colours: tuple[str, ...]) -> np.ndarray:
-    rgb = {**RGB, **EXTRA_RGB}
-    return np.array([rgb[c] for c in colours], dtype=np.float32)
-
-
-def _nearest(rgb: np.ndarray, colours: tuple[str, ...], palette: np.ndarray) -> str:
-    return colours[int(np.argmin(np.linalg.norm(palette - rgb, axis=-1)))]
+def _nearest(rgb: np.ndarray) -> str:
+    return COLOURS[int(np.argmin(np.linalg.norm(PALETTE - rgb, axis=-1)))]
 
 
 def _shape(coverage: np.ndarray, centre: tuple[float, float], half: tuple[float, float]) -> str:
@@ -110,10 +103,12 @@ def _span(counts: np.ndarray) -> tuple[int, int]:
     return int(lines[0]), int(lines[-1])
 
 
-def _position(x: float, y: float) -> str:
+def _position(x: float, y: float, corners: bool = False) -> str:
     dx, dy = x - IMAGE_SIZE / 2, y - IMAGE_SIZE / 2
     if max(abs(dx), abs(dy)) < CENTER_RADIUS:
         return "center"
+    if corners and min(abs(dx), abs(dy)) >= CENTER_RADIUS:  # off centre along both axes
+        return CORNERS[2 * (dy > 0) + (dx > 0)]
     if abs(dx) >= abs(dy):
         return "right" if dx > 0 else "left"
     return "bottom" if dy > 0 else "top"

@@ -1,39 +1,37 @@
-"""Train a LoRA that teaches sdflow-tiny the colour magenta, on a CPU.
+"""Train a LoRA that teaches sdflow-tiny the four corners, on a CPU.
 
 ``python -m training.tiny.train_lora --out DIR [--steps N] [--rank R]
-[--seed S] [--pictures N] [--magenta N] [--init LORA]`` (``--init``:
+[--seed S] [--pictures N] [--corners N] [--init LORA]`` (``--init``:
 continue from an earlier run's factors)
+
+sdflow-tiny puts its shape at the left, right, top, bottom or centre; asked
+for "the top left" it picks one of the two words.  This LoRA teaches the
+corners (training/tiny/dataset.CORNERS), which its VAE can already encode
+and decode (the scorer reads 99.6% of them back right after a round trip).
 
 The shipped checkpoint is loaded with sdflow's own loader and frozen; every
 Linear and Conv2d of the U-Net and the text encoder's attention
 projections and MLP get a rank-R pair of factors (``down`` then ``up``,
 ``up`` starting at zero, so that step 0 is the base model).  The objective
 is training/tiny/train.py's U-Net stage: v-prediction on the
-zero-terminal-SNR schedule, uniform timesteps, latents scaled by the
-family's factor, 10% empty captions; each batch is half magenta pictures
-(captions saying "magenta") and half ordinary training pictures, so that
-the base is kept.  Seeded: every step draws from a generator seeded with
-the seed and the step number.
+zero-terminal-SNR schedule, uniform timesteps, latents drawn from the
+VAE's posterior and scaled by the family's factor, 10% empty captions; each
+batch is half corner pictures and half ordinary training pictures, so that
+the base is kept.  The (triple, corner) pairs of :data:`HELD_OUT` are never
+shown: the evaluation (training/tiny/evaluate_lora.py) draws them.  Seeded:
+every step draws from a generator seeded with the seed and the step number.
 
-One difference from train.py: the frozen VAE was trained on six colours
-only, and its encoder maps a magenta picture to a latent its decoder turns
-into a blue smudge.  The magenta latents are therefore found by inverting
-the decoder (Adam on the latent, from the encoder's mean, until the
-decoded picture matches; the pictures the scorer does not read back right
-are dropped), and they are used as they are (no posterior noise).
-
-At the end: ``DIR/sdflow-tiny-magenta.safetensors`` in the kohya/A1111
+At the end: ``DIR/sdflow-tiny-corners.safetensors`` in the kohya/A1111
 layout (``lora_unet_<module>``, ``lora_te_<module>``, ``.lora_down.weight``,
 ``.lora_up.weight``, ``.alpha``), fp16, checked against
 sdflow_diffusion.models.lora (every key names a module), and
 ``DIR/train_log.json``.
 
-Status (2026-11-27): experimental, not shipped.  Two runs (700 steps, then
-800 more from it; 26 min on 2 cores) reached magenta in 4 of 20 held-out
-cases (``python -m training.tiny.evaluate_lora --lora FILE``), the target
-being 90%: the U-Net has to land on decoder-inverted latents outside what
-the VAE learned, and gets to dark purple.  A new shape in palette colours,
-which the VAE can encode, is the likelier way to the target.
+Tried first (2026-11-27) and dropped: a new colour (magenta) and a new
+shape (a diamond).  The VAE was trained on six colours and three shapes:
+it decodes a magenta picture's latent as a blue smudge and rounds a diamond
+into a circle (35% read back as diamonds), so no U-Net LoRA can draw them
+(magenta reached 4 of 20 with decoder-inverted latents).
 """
 
 from __future__ import annotations
@@ -49,19 +47,24 @@ import numpy as np
 import torch
 
 from training.tiny import model as tiny_model
+from training.tiny.dataset import Attributes
 from training.tiny.train import log, step_generator, to_tensor, tokenize
 
 CHECKPOINT = Path(__file__).resolve().parents[2] / "plugins/sdflow_diffusion/models/tiny/sdflow-tiny.safetensors"
-COLOUR = "magenta"
-BATCH = 64  # half magenta, half ordinary
+BATCH = 64  # half corners, half ordinary
 LR = 1e-3
 WARMUP = 50
-INVERT_STEPS = 100
-INVERT_LR = 0.1
 TEXT_MODULES = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
-# (shape, background) pairs never shown in magenta: the evaluation draws them.
-HELD_OUT = (("circle", "blue"), ("square", "green"), ("triangle", "yellow"), ("circle", "white"),
-            ("square", "black"))
+# Prompts never shown in training, three per corner, every shape, both
+# sizes, triples the base model was trained on: the evaluation draws them.
+HELD_OUT = tuple(Attributes(*fields) for fields in (
+    ("circle", "red", "blue", "small", "top left"), ("square", "yellow", "black", "large", "top left"),
+    ("triangle", "white", "green", "large", "top left"), ("square", "green", "red", "large", "top right"),
+    ("triangle", "blue", "white", "small", "top right"), ("circle", "black", "yellow", "large", "top right"),
+    ("triangle", "red", "black", "large", "bottom left"), ("circle", "white", "blue", "small", "bottom left"),
+    ("square", "blue", "yellow", "small", "bottom left"), ("circle", "green", "white", "large", "bottom right"),
+    ("square", "red", "white", "small", "bottom right"), ("triangle", "black", "red", "large", "bottom right"),
+))
 
 
 class LoraWrapped(torch.nn.Module):
@@ -123,45 +126,17 @@ def kohya_state(unet_lora: dict[str, LoraWrapped], text_lora: dict[str, LoraWrap
 
 # -- the data -----------------------------------------------------------------
 
-def magenta_pictures(count: int, seed: int) -> tuple[np.ndarray, list, np.ndarray]:
-    """``count`` magenta shapes on palette backgrounds, but not the held-out
-    (shape, background) pairs; their attributes and jitters."""
-    from training.tiny.dataset import ALL_COLOURS, COLOURS, JITTERS, POSITIONS, SHAPES, SIZES, Attributes, \
-        render_batch
+def corner_pictures(count: int, seed: int) -> tuple[np.ndarray, list]:
+    """``count`` shapes of the training triples in the corners, but not
+    the :data:`HELD_OUT` (triple, corner) pairs; their attributes."""
+    from training.tiny.dataset import CORNERS, JITTERS, SIZES, TRAIN_TRIPLES, Attributes, render_batch
 
-    pairs = [(s, b) for s in SHAPES for b in COLOURS if (s, b) not in HELD_OUT]
+    held = {(a.shape, a.colour, a.background, a.position) for a in HELD_OUT}
+    cases = [(*t, c) for t in TRAIN_TRIPLES for c in CORNERS if (*t, c) not in held]
     rng = np.random.default_rng(seed)
-    which = rng.integers(0, len(pairs), count)
-    sizes, positions = rng.integers(0, len(SIZES), count), rng.integers(0, len(POSITIONS), count)
-    jitters = rng.integers(0, JITTERS, count)
-    attrs = [Attributes(pairs[w][0], COLOUR, pairs[w][1], SIZES[z], POSITIONS[p])
-             for w, z, p in zip(which, sizes, positions)]
-    return render_batch(attrs, jitters, ALL_COLOURS), attrs, rng.integers(0, 2**31, count)
-
-
-def invert_decoder(vae, images: np.ndarray, attrs: list, steps: int, seed: int) -> tuple[torch.Tensor, np.ndarray]:
-    """Latents (unscaled) whose decoding is each picture, and which of them
-    the scorer reads back as the picture's attributes."""
-    from training.tiny.score import score
-    from training.tiny.dataset import ALL_COLOURS
-
-    torch.manual_seed(seed)
-    x = to_tensor(images)
-    with torch.no_grad():
-        start = vae.encode(x).latent_dist.mean
-    z = start.clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([z], lr=INVERT_LR)
-    for step in range(steps):
-        loss = (vae.decode(z).sample - x).pow(2).mean(dim=(1, 2, 3)).sum()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if (step + 1) % 100 == 0:
-            log(f"invert step {step + 1}/{steps} mse {loss.item() / len(x):.4f}")
-    with torch.no_grad():
-        decoded = vae.decode(z).sample.clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).numpy()
-    right = np.array([score(d, ALL_COLOURS) == a for d, a in zip(decoded, attrs)])
-    return z.detach(), right
+    which, sizes = rng.integers(0, len(cases), count), rng.integers(0, len(SIZES), count)
+    attrs = [Attributes(*cases[w][:3], SIZES[z], cases[w][3]) for w, z in zip(which, sizes)]
+    return render_batch(attrs, rng.integers(0, JITTERS, count)), attrs
 
 
 # -- the run ------------------------------------------------------------------
@@ -171,7 +146,7 @@ def train(args) -> dict[str, Any]:
 
     from sdflow_diffusion.models.load import load_checkpoint
     from sdflow_diffusion.settings import DiffusionSettings
-    from training.tiny.dataset import caption, make_dataset
+    from training.tiny.dataset import canonical_caption, caption, make_dataset
 
     torch.set_num_threads(args.threads)
     out: Path = args.out
@@ -185,21 +160,16 @@ def train(args) -> dict[str, Any]:
     scaling = float(vae.config.scaling_factor)
 
     images, captions, _ = make_dataset(args.pictures, seed=args.seed, split="train")
-    with torch.no_grad():
-        posterior = vae.encode(to_tensor(images)).latent_dist
-        means, stds = posterior.mean, posterior.std
-    magenta, attrs, _ = magenta_pictures(args.magenta, args.seed + 1)
-    t0 = time.perf_counter()
-    magenta_z, right = invert_decoder(vae, magenta, attrs, args.invert_steps, args.seed)
-    log(f"decoder inverted in {time.perf_counter() - t0:.0f} s: {right.sum()} of {len(right)} read back right")
-    magenta_z = magenta_z[torch.from_numpy(right)]
+    corners, attrs = corner_pictures(args.corners, args.seed + 1)
+    with torch.no_grad():  # in chunks: the VAE's activations for 10,000 pictures at once are gigabytes
+        posteriors = [vae.encode(to_tensor(chunk)).latent_dist
+                      for chunk in np.array_split(np.concatenate([images, corners]), 10)]
+        means, stds = torch.cat([p.mean for p in posteriors]), torch.cat([p.std for p in posteriors])
     rng = np.random.default_rng(args.seed + 2)
-    kept = [a for a, r in zip(attrs, right) if r]
-    magenta_captions = ["" if rng.random() < 0.1 else caption(a, rng) for a in kept]
-    ids, magenta_ids = tokenize(captions), tokenize(magenta_captions)
-    report["data"] = {"ordinary": len(images), "magenta": len(right), "magenta_kept": int(right.sum()),
-                      "invert_seconds": round(time.perf_counter() - t0, 1), "scaling_factor": scaling,
-                      "held_out_pairs": [list(p) for p in HELD_OUT]}
+    corner_captions = ["" if rng.random() < 0.1 else caption(a, rng) for a in attrs]
+    ids = tokenize(captions + corner_captions)
+    report["data"] = {"ordinary": len(images), "corners": len(corners), "scaling_factor": scaling,
+                      "held_out": [canonical_caption(a) for a in HELD_OUT]}
 
     torch.manual_seed(args.seed)
     unet_names, text_names = lora_targets(unet, encoder)
@@ -217,16 +187,16 @@ def train(args) -> dict[str, Any]:
     t0 = time.perf_counter()
     for step in range(args.steps):
         generator = step_generator(args.seed, 4, step)
-        plain = torch.randint(0, len(means), (half,), generator=generator)
-        pink = torch.randint(0, len(magenta_z), (half,), generator=generator)
-        noise_plain = torch.randn(means[plain].shape, generator=generator)
-        x0 = torch.cat([means[plain] + stds[plain] * noise_plain, magenta_z[pink]]) * scaling
+        plain = torch.randint(0, len(images), (half,), generator=generator)
+        corner = torch.randint(len(images), len(means), (half,), generator=generator)
+        pick = torch.cat([plain, corner])
+        x0 = (means[pick] + stds[pick] * torch.randn(means[pick].shape, generator=generator)) * scaling
         noise = torch.randn(x0.shape, generator=generator)
         t = torch.randint(0, len(alphas), (BATCH,), generator=generator)
         a = alphas[t].sqrt()[:, None, None, None]
         s = (1 - alphas[t]).sqrt()[:, None, None, None]
         noisy, target = a * x0 + s * noise, a * noise - s * x0  # v-prediction
-        context = encoder(torch.cat([ids[plain], magenta_ids[pink]])).last_hidden_state
+        context = encoder(ids[pick]).last_hidden_state
         loss = torch.nn.functional.mse_loss(unet(noisy, t, encoder_hidden_states=context).sample, target)
         for group in optimizer.param_groups:
             group["lr"] = LR * min(1.0, (step + 1) / WARMUP)
@@ -244,10 +214,10 @@ def train(args) -> dict[str, Any]:
     report["train"] = {"steps": args.steps, "seconds": round(time.perf_counter() - t0, 1),
                        "final_loss": float(np.mean(losses[-50:]))}
 
-    path = out / "sdflow-tiny-magenta.safetensors"
+    path = out / "sdflow-tiny-corners.safetensors"
     save_file(kohya_state(unet_lora, text_lora), str(path),
               metadata={"ss_network_dim": str(args.rank), "ss_network_alpha": str(args.rank),
-                        "sdflow.base": "sdflow-tiny", "sdflow.teaches": COLOUR, "sdflow.steps": str(args.steps)})
+                        "sdflow.base": "sdflow-tiny", "sdflow.teaches": "corners", "sdflow.steps": str(args.steps)})
     report["file"] = {"path": str(path), "bytes": path.stat().st_size, "keys_checked": check_keys(path)}
     report["total_seconds"] = round(time.perf_counter() - started, 1)
     (out / "train_log.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -302,8 +272,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pictures", type=int, default=6000, help="ordinary training pictures")
-    parser.add_argument("--magenta", type=int, default=192, help="magenta pictures (before inversion)")
-    parser.add_argument("--invert-steps", type=int, default=INVERT_STEPS)
+    parser.add_argument("--corners", type=int, default=4000, help="pictures of shapes in the corners")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--init", type=Path, default=None, help="continue from the factors of this LoRA file")
     args = parser.parse_args(argv)

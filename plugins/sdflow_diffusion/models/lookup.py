@@ -89,10 +89,13 @@ def extra_model_paths(path: Path, kind: str) -> list[Path]:
     return folders
 
 
+SHIPPED = {"checkpoints": ("sdflow-tiny.safetensors",), "loras": ("sdflow-tiny-corners.safetensors",)}
+
+
 def shipped_models(kind: str = "checkpoints") -> dict[str, Path]:
-    """The models of ``kind`` that come with sdflow, by name."""
-    tiny = Path(__file__).resolve().parent / "tiny" / "sdflow-tiny.safetensors"
-    return {tiny.name: tiny} if kind == "checkpoints" and tiny.is_file() else {}
+    """The models of ``kind`` that come with sdflow (in ``tiny/``), by name."""
+    folder = Path(__file__).resolve().parent / "tiny"
+    return {name: folder / name for name in SHIPPED.get(kind, ()) if (folder / name).is_file()}
 
 
 def _not_found(kind: str, name: str, direct: list[Path], folders: list[Path]) -> StageError:
