@@ -278,3 +278,56 @@ def test_prompts_from_another_family_are_a_stage_error():
     prompt = encode_text(sdxl_clip, PROMPT)
     with pytest.raises(StageError, match="encoded for another model"):
         sample(model, prompt, prompt, empty_latent(SIZE, SIZE, 1), Sample(seed=0, steps=2, cfg=7.5))
+
+
+@pytest.mark.parametrize("sampler", ["euler", "euler_ancestral", "dpmpp_2m"])
+def test_the_sdxl_base_hands_over_to_the_refiner_as_the_pipelines_denoising_end(sampler):
+    """sample_advanced's handover (the base's steps 0-4 of 5, noise left;
+    the refiner's 4-5, no noise added) under ``diffusers:`` samplers is
+    StableDiffusionXLPipeline with denoising_end 0.8 handing its latent to
+    the refiner's img2img pipeline with denoising_start 0.8, bit for bit."""
+    from sdflow_diffusion.numerics.sampling import sample_advanced
+    from sdflow_diffusion.stages.sample import SampleAdvanced
+
+    steps, handover = 5, 4  # the leading schedule 801, 601, 401, 201, 1: four timesteps >= 200 (0.8)
+    base_parts, (base, base_clip, _) = tiny("sdxl")
+    refiner_parts, (refiner, refiner_clip, refiner_vae) = tiny("sdxl-refiner")
+    common = dict(seed=SEED, steps=steps, cfg=7.5, sampler=DIFFUSERS + sampler, scheduler="normal")
+    drafted = sample_advanced(base, encode_text(base_clip, PROMPT), encode_text(base_clip, NEGATIVE),
+                              empty_latent(SIZE, SIZE, 1),
+                              SampleAdvanced(**common, end_at_step=handover, return_with_leftover_noise=True))
+    refined = sample_advanced(refiner, encode_text(refiner_clip, PROMPT), encode_text(refiner_clip, NEGATIVE),
+                              drafted, SampleAdvanced(**common, add_noise=False, start_at_step=handover))
+    mine = decode(refiner_vae, refined)
+
+    def pipe(parts, model, name):
+        made = make_pipeline({**parts, "scheduler": make_scheduler(model.family, sampler, "normal")}, name)
+        made.set_progress_bar_config(disable=True)
+        return made
+
+    latents = pipe(base_parts, base, "StableDiffusionXLPipeline")(
+        PROMPT, negative_prompt=NEGATIVE, height=SIZE, width=SIZE, num_inference_steps=steps, guidance_scale=7.5,
+        denoising_end=handover / steps, generator=[torch.Generator("cpu").manual_seed(SEED)],
+        output_type="latent").images
+    assert torch.equal(drafted.samples, latents)
+    images = pipe(refiner_parts, refiner, "StableDiffusionXLImg2ImgPipeline")(
+        PROMPT, image=latents, negative_prompt=NEGATIVE, num_inference_steps=steps, guidance_scale=7.5,
+        denoising_start=handover / steps, generator=[torch.Generator("cpu").manual_seed(SEED)],
+        output_type="np").images
+    assert_same_image(mine, torch.from_numpy(images))
+
+
+def test_the_diffusers_engine_will_not_end_a_part_schedule_clean(tmp_path):
+    """Said at check time, at the stage, before a model loads."""
+    from cli import sdflow_cli
+
+    recipe = tmp_path / "r.sdflow"
+    recipe.write_text("sdflow 1\n"
+                      "m = load_checkpoint(name=\"sdflow-tiny\")\n"
+                      "p = clip_text_encode(clip=m.clip, text=\"a red circle\")\n"
+                      "l = empty_latent(width=64, height=64)\n"
+                      "s = sample_advanced(model=m.model, positive=p, negative=p, latent=l, steps=4,\n"
+                      "                    sampler=\"diffusers:euler\", end_at_step=2)\n")
+    result = sdflow_cli("check", "r.sdflow", cwd=tmp_path)
+    assert result.returncode == 1 and "r.sdflow:5:" in result.stderr, result.stderr
+    assert "return_with_leftover_noise=true" in result.stderr

@@ -34,7 +34,13 @@ import torch
 from sdflow.plugin import StageError
 from sdflow_diffusion.handles import Conditioning, Family, Latent, ModelHandle
 from sdflow_diffusion.models.patches import applied
-from sdflow_diffusion.numerics.denoiser import UNetCall, add_control, initial_noise, unet_conditions
+from sdflow_diffusion.numerics.denoiser import (
+    UNetCall,
+    add_control,
+    image_seeds,
+    initial_noise,
+    unet_conditions,
+)
 from sdflow_diffusion.numerics.inpaint import diffusers_mask, inpaint_channels, keep_region
 from sdflow_diffusion.numerics.sampler_table import scheduler_options, supported
 from sdflow_diffusion.numerics.schedules import NoiseTable, check_length
@@ -103,8 +109,10 @@ def sample_advanced(model: ModelHandle, positive: Conditioning, negative: Condit
     from sdflow_diffusion.numerics.sampler_table import DIFFUSERS
 
     if params.sampler.startswith(DIFFUSERS):
-        raise StageError("sample_advanced runs ComfyUI's samplers only",
-                         f"use '{params.sampler.removeprefix(DIFFUSERS)}', or sample for diffusers' schedulers")
+        _one_plain_entry(positive, negative, params.sampler)
+        with applied(model):
+            return diffusers_sample(model, positive, negative, latent, params, progress,
+                                    window=(params.start_at_step, params.end_at_step, params.add_noise))
     with applied(model):
         return ksample(model, positive, negative, latent, seed=params.seed, steps=params.steps, cfg=params.cfg,
                        sampler=params.sampler, scheduler=params.scheduler, start_at_step=params.start_at_step,
@@ -115,7 +123,7 @@ def sample_advanced(model: ModelHandle, positive: Conditioning, negative: Condit
 
 @torch.no_grad()
 def diffusers_sample(model: ModelHandle, positive: Conditioning, negative: Conditioning, latent: Latent,
-                     params, progress=None) -> Latent:
+                     params, progress=None, window: tuple[int, int, bool] | None = None) -> Latent:
     """Denoise ``latent`` in ``params.steps`` steps guided by the prompts (KSampler).
 
     ``params`` is the sample stage's parameter object
@@ -126,15 +134,33 @@ def diffusers_sample(model: ModelHandle, positive: Conditioning, negative: Condi
     steps of which the last ``steps`` run, starting from the latent with noise
     added at the first of them (img2img).  ``denoise`` 0 returns the latent.
     ``progress.step()`` is called once per step (it raises when interrupted).
+
+    ``window`` (sample_advanced's start_at_step, end_at_step and add_noise)
+    runs those steps of a ``steps``-step schedule instead, as the SDXL
+    pipelines' denoising_end and denoising_start split one: noise is added
+    only if asked (at the first step run), and a schedule stopped early
+    returns its latent with the noise left.
     """
-    seed, steps, cfg, denoise = params.seed, params.steps, params.cfg, params.denoise
+    seed, steps, cfg = params.seed, params.steps, params.cfg
     check_space(latent, model.family, "the model")
-    if denoise <= 0:
-        return Latent(latent.samples.clone(), latent.noise_mask, dict(latent.extra))
     sched = make_scheduler(model.family, params.sampler, params.scheduler)
-    timesteps, begin = _timesteps(sched, steps, denoise, model.device)
+    if window is None:
+        if params.denoise <= 0:
+            return Latent(latent.samples.clone(), latent.noise_mask, dict(latent.extra))
+        timesteps, begin = _timesteps(sched, steps, params.denoise, model.device)
+    else:
+        timesteps, begin = _window(sched, steps, window[0], window[1], model.device)
+        if not len(timesteps):
+            return Latent(latent.samples.clone(), latent.noise_mask, dict(latent.extra))
     start = latent.samples.to(model.device, torch.float32)
     x, noise, generators = _noisy_start(sched, start, seed, timesteps, begin, latent.extra.get("batch_index"))
+    if window is not None and not window[2]:
+        # add_noise off: the latent is already noisy (a base's leftover, say).
+        # As the pipelines, no noise is drawn from the sampler's generators
+        # (the masked region's noise above came from generators of its own).
+        x = start
+        generators = [torch.Generator("cpu").manual_seed(s)
+                      for s in image_seeds(seed, start.shape[0], latent.extra.get("batch_index"))]
     guided = cfg > 1  # as the pipelines: at cfg <= 1 the negative is not run
     context, added = unet_conditions(model, positive, negative, x.shape, guided)
     controls = _controls(positive, negative, guided, params.sampler)
@@ -184,17 +210,23 @@ def _controls(positive: Conditioning, negative: Conditioning, guided: bool, samp
 
 
 def _timesteps(sched, steps: int, denoise: float, device) -> tuple[torch.Tensor, int]:
-    """The timesteps to run and the scheduler index they begin at."""
+    """The timesteps to run for ``denoise`` and the scheduler index they begin at."""
     total = steps if denoise >= 1 else int(steps / denoise)
     check_length(total, steps, denoise)
+    return _window(sched, total, total - steps, total, device)
+
+
+def _window(sched, total: int, first: int, last: int, device) -> tuple[torch.Tensor, int]:
+    """Steps ``first`` to ``last`` (exclusive, at most ``total``) of a
+    ``total``-step schedule: their timesteps and the index they begin at."""
     try:
         sched.set_timesteps(total, device=device)
     except ValueError as err:  # e.g. more steps than the scheduler can place
         raise StageError(f"{type(sched).__name__} cannot make {total} steps: {err}") from None
-    begin = (total - steps) * sched.order
+    begin, end = first * sched.order, min(last, total) * sched.order
     if hasattr(sched, "set_begin_index"):
         sched.set_begin_index(begin)
-    return sched.timesteps[begin:], begin
+    return sched.timesteps[begin:end], begin
 
 
 def _noisy_start(sched, start: torch.Tensor, seed: int, timesteps: torch.Tensor, begin: int,

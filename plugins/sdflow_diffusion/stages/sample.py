@@ -90,7 +90,17 @@ class Sample(_Options, _Denoise, _Core):
 
 
 class SampleAdvanced(_Options, _Range, _Core):
-    pass
+    @model_validator(mode="after")
+    def _diffusers_ends_noisy(self):
+        """The diffusers engine splits a schedule as the SDXL pipelines'
+        denoising_end does: a part that stops early keeps its noise."""
+        if self.sampler.startswith(sampler_table.DIFFUSERS) and not self.return_with_leftover_noise \
+                and self.end_at_step < self.steps:
+            raise ValueError(f"the diffusers engine ('{self.sampler}') stops a schedule early with its noise left, "
+                             f"as the pipelines' denoising_end does, and cannot end clean at step "
+                             f"{self.end_at_step} of {self.steps}: set return_with_leftover_noise=true, or use "
+                             f"ComfyUI's '{self.sampler.removeprefix(sampler_table.DIFFUSERS)}'")
+        return self
 
 
 # 0.2: ComfyUI's names give ComfyUI's numbers (diffusers' are "diffusers:<name>").
