@@ -1,24 +1,42 @@
 """The CUDA path, proved and measured on a machine with a GPU (run by hand).
 
-    python benchmarks/gpu.py [--steps 20] [--repeats 5]
+    python benchmarks/gpu.py [--steps 20] [--repeats 3] [--json FILE]
+    python benchmarks/gpu.py --device cpu --tiny      # the smoke run CI makes
 
-1. The default recipe through ``sdflow run`` with ``--device auto``: the PNG
-   must record the device and dtype that ran (cuda, fp16), not "auto".
-2. Every kind of model (tiny SD 1.x, SD 2.x, SDXL, the SDXL refiner, and a
-   distilled SDXL whose U-Net config is read off its file), loaded from a
-   single file on CUDA in fp16 and in bf16, against the CPU in fp32: the
-   largest pixel difference (0-255), and SDXL's VAE kept in fp32 under fp16.
-3. A full-size SD 1.5 (random weights built from the shipped config, so
-   nothing is downloaded) at 512x512, euler, cfg 7.5, fp16: seconds per
-   image through sdflow's numerics (encode, sample, decode) and through
-   diffusers' StableDiffusionPipeline on the same modules and scheduler,
-   medians of ``--repeats`` after a warm-up, and their ratio.
+1. ``default recipe``: examples/txt2img.sdflow through ``sdflow run`` with
+   ``--device auto`` (with --device cpu: ``cpu``), as a whole process: its seconds, and the device and
+   dtype its PNG records (what ran, not "auto").
+2. ``kinds``: a tiny model of every kind (SD 1.x, SD 2.x, SDXL, the SDXL
+   refiner, a distilled SDXL whose U-Net config is read off its file), loaded
+   from a single file in fp16 and bf16 (on the CPU: bf16 alone), against the
+   CPU in fp32: the largest pixel difference (0-255).
+3. ``examples``: the example recipes on sdflow-tiny (LoRA, img2img,
+   inpainting, area prompts, hires fix...) in the device's default dtype
+   against the CPU in fp32: the largest pixel difference, and whether the
+   scorer reads the same attributes from both.
+4. ``full size``: SD 1.5 at 512x512 and SDXL at 1024x1024 (random weights
+   built from the shipped configs: nothing is downloaded), fp16, euler, cfg
+   7.5, batch 1 and 4: seconds per batch through sdflow's numerics (encode,
+   sample, decode) and through diffusers' pipeline on the same modules and
+   scheduler, measured in alternation (medians of ``--repeats`` after a
+   warm-up), their ratio, and each one's peak GPU memory.
+5. ``first image``: the SD 1.5 weights written as one fp16 single file in
+   the original layout, and ``sdflow run`` of the default recipe on it at
+   512x512 as a fresh process: seconds from process start to the PNG.
+
+``--tiny`` shrinks 4 and 5 to the tiny models at 64x64, 2 steps, one
+repeat, and 3 to two examples, so that the script's every path runs on a
+CPU in about a minute (tests/test_benchmarks.py runs it).  Prints one line
+per figure as it goes and the whole report as JSON at the end (``--json``:
+also written to FILE, after each section, so a run cut short keeps what it
+measured).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -27,55 +45,85 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+KINDS = ("sd1", "sd2", "sdxl", "sdxl-refiner")
+ALL_EXAMPLES = ("txt2img", "lora", "img2img", "inpaint", "outpaint", "hires_fix", "batch", "area",
+                "prompt_weighting")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    parser.add_argument("--tiny", action="store_true", help="tiny models and sizes: a smoke run")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", type=Path, default=None, help="also write the report here")
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.steps, args.repeats = 2, 1
 
     import torch
 
-    if not torch.cuda.is_available():
-        sys.exit("no CUDA GPU: this benchmark proves and measures the CUDA path")
-    print(f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
-    report = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
-    report["default_recipe"] = default_recipe()
-    report["kinds"] = every_kind()
-    report["sd15_512"] = full_size(args.steps, args.repeats)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("no CUDA GPU: pass --device cpu (with --tiny) for the smoke run")
+    report: dict = {"device": args.device, "tiny": args.tiny, "torch": torch.__version__,
+                    "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None}
+    print(f"{report['gpu'] or 'CPU'}, torch {torch.__version__}", flush=True)
+    sections = (("default_recipe", lambda: default_recipe(args.device)),
+                ("kinds", lambda: every_kind(args.device)),
+                ("examples", lambda: examples(args.device, ALL_EXAMPLES[:2] if args.tiny else ALL_EXAMPLES)),
+                ("full_size", lambda: full_size(args.device, args.tiny, args.steps, args.repeats)),
+                ("first_image", lambda: first_image(args.device, args.tiny, args.steps)))
+    for name, run in sections:
+        started = time.perf_counter()
+        try:
+            report[name] = run()
+        except Exception as err:  # a section that breaks is reported; the others still run
+            import traceback
+
+            traceback.print_exc()
+            report[name] = {"error": f"{type(err).__name__}: {err}"}
+        print(f"[{name}: {time.perf_counter() - started:.1f} s]", flush=True)
+        if args.json is not None:
+            args.json.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
+    return report
 
 
-def default_recipe() -> dict:
+def settings(device: str, dtype: str = "auto"):
+    from sdflow_diffusion.settings import DiffusionSettings
+
+    return DiffusionSettings(device=device, dtype=dtype)
+
+
+def default_recipe(device: str) -> dict:
     from sdflow.pngtext import read_png_text
 
     out = Path(tempfile.mkdtemp())
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "sdflow.cli", "run", str(ROOT / "examples" / "txt2img.sdflow"),
-                             "--output", str(out)], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "sdflow.cli", "run", str(EXAMPLES / "txt2img.sdflow"),
+                             "--device", "auto" if device == "cuda" else device, "--output", str(out)],
+                            capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     seconds = time.perf_counter() - start
     if result.returncode != 0:
-        return {"error": result.stderr}
+        return {"error": result.stderr[-2000:]}
     (png,) = out.iterdir()
-    run = json.loads(read_png_text(png)["run"])
-    print(f"default recipe: {seconds:.1f} s as a whole process, recorded {run}", flush=True)
-    return {"process_seconds": round(seconds, 2), "recorded": run}
+    ran = json.loads(read_png_text(png)["run"])
+    print(f"default recipe: {seconds:.1f} s as a whole process, recorded {ran}", flush=True)
+    return {"process_seconds": round(seconds, 2), "recorded": ran}
 
 
-def every_kind() -> dict:
+def every_kind(device: str) -> dict:
     import diffusers
     import torch
 
     from sdflow_diffusion.models.families import family_dir, read_json
     from sdflow_diffusion.models.load import load_checkpoint
-    from sdflow_diffusion.settings import DiffusionSettings
     from sdflow_diffusion.testing import save_single_file, tiny_components
 
     folder = Path(tempfile.mkdtemp())
-    files = {}
-    for kind in ("sd1", "sd2", "sdxl", "sdxl-refiner"):
-        files[kind] = save_single_file(tiny_components(kind, seed=5), folder / f"{kind}.safetensors")
+    files = {kind: save_single_file(tiny_components(kind, seed=5), folder / f"{kind}.safetensors")
+             for kind in KINDS}
     distilled = tiny_components("sdxl", seed=5)
     config = {**read_json(family_dir("sdxl-tiny") / "unet" / "config.json"), "layers_per_block": 2,
               "transformer_layers_per_block": [1, 2], "reverse_transformer_layers_per_block": [[2, 1, 3], [1, 1, 1]]}
@@ -83,22 +131,24 @@ def every_kind() -> dict:
     files["sdxl-distilled"] = save_single_file(distilled, folder / "distilled.safetensors")
     results = {}
     for name, path in files.items():
-        reference = draw(load_checkpoint(path, DiffusionSettings(device="cpu", dtype="fp32")))
+        reference = draw(load_checkpoint(path, settings("cpu", "fp32")))
         row = {}
-        for dtype in ("fp16", "bf16"):
-            handles = load_checkpoint(path, DiffusionSettings(device="cuda", dtype=dtype))
-            image = draw(handles)
-            row[dtype] = {"max_pixel_difference": int((image - reference).abs().max().item()),
+        for dtype in ("fp16", "bf16") if device == "cuda" else ("bf16",):
+            handles = load_checkpoint(path, settings(device, dtype))
+            row[dtype] = {"max_pixel_difference": int((draw(handles) - reference).abs().max().item()),
                           "unet": str(handles[0].dtype), "vae": str(handles[2].dtype),
                           "device": str(handles[0].unet.device)}
         print(f"{name}: {row}", flush=True)
         results[name] = row
-        torch.cuda.empty_cache()
+        if device == "cuda":
+            torch.cuda.empty_cache()
     return results
 
 
 def draw(handles):
     """The default workflow's numerics: 0-255 pixels of a 32x32 image."""
+    import torch
+
     from sdflow_diffusion.handles import Latent
     from sdflow_diffusion.numerics.decode import decode
     from sdflow_diffusion.numerics.encode import encode_text
@@ -109,81 +159,193 @@ def draw(handles):
     latent = empty_latent(32, 32, 1)
     params = Sample(seed=3, steps=6, cfg=5.0)
     if model.family.kind == "sdxl-refiner":  # a refiner refines: start from a latent, denoise part way
-        import torch
-
         latent = Latent(torch.randn((1, 4, 4, 4), generator=torch.Generator().manual_seed(1)))
         params = Sample(seed=3, steps=6, cfg=5.0, denoise=0.5)
     denoised = sample(model, encode_text(clip, "a red circle"), encode_text(clip, "blurry"), latent, params)
     return (decode(vae, denoised) * 255).round()
 
 
-def full_size(steps: int, repeats: int) -> dict:
-    import diffusers
+def examples(device: str, names: tuple[str, ...]) -> dict:
+    """Each example on ``device`` in its default dtype (bf16 on the CPU)
+    against the CPU in fp32."""
+    import numpy as np
+    from PIL import Image
+
+    from sdflow.registry import default_registry
+    from sdflow.testing import Executor, run_recipe
+    from training.tiny.score import score
+
+    registry = default_registry()
+    runs = {"reference": ({"diffusion": settings("cpu", "fp32")}, Executor()),
+            "device": ({"diffusion": settings(device, "auto" if device == "cuda" else "bf16")}, Executor())}
+    results = {}
+    for name in names:
+        text = (EXAMPLES / f"{name}.sdflow").read_text()
+        images = {}
+        try:
+            for label, (chosen, executor) in runs.items():
+                out = Path(tempfile.mkdtemp())
+                result = run_recipe(text, registry, out, settings=chosen, executor=executor, recipe_dir=EXAMPLES)
+                images[label] = [np.asarray(Image.open(p).convert("RGB")).astype(int) for p in result.files]
+        except Exception as err:
+            results[name] = {"error": f"{type(err).__name__}: {err}"}
+            print(f"example {name}: {results[name]}", flush=True)
+            continue
+        pairs = list(zip(images["reference"], images["device"], strict=True))
+        same = all(a.shape != (64, 64, 3) or score(a.astype(np.uint8), corners=True)
+                   == score(b.astype(np.uint8), corners=True) for a, b in pairs)
+        results[name] = {"images": len(pairs), "max_pixel_difference": max(int(np.abs(a - b).max()) for a, b in pairs),
+                         "same_scores": same}
+        print(f"example {name}: {results[name]}", flush=True)
+    return results
+
+
+def full_size_handles(kind: str, device: str, tiny: bool):
+    """(components, handles) of SD 1.5 (kind "sd1") or SDXL (kind "sdxl")
+    with small random weights, fp16 on CUDA (fp32 on the CPU); the tiny
+    models of the kind with ``tiny``."""
     import torch
 
     from sdflow_diffusion.handles import ClipHandle, ModelHandle, VaeHandle
     from sdflow_diffusion.models.families import build_components, family_dir, family_handle
+    from sdflow_diffusion.testing import TINY_FAMILY, tiny_components
+
+    dev = torch.device(device)
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    name = TINY_FAMILY[kind] if tiny else {"sd1": "sd15", "sdxl": "sdxl-base"}[kind]
+    if tiny:
+        components = tiny_components(kind, seed=1)
+    else:
+        with dev:  # built where they run: random initialisation on the GPU takes seconds
+            components = build_components(family_dir(name), kind)
+        generator = torch.Generator(dev).manual_seed(0)
+        with torch.no_grad():
+            for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
+                for key, param in components[part].named_parameters() if part in components else ():
+                    if key.endswith("weight") and param.ndim == 1:  # norms at 1, the rest small: no overflow
+                        param.fill_(1.0)
+                    else:
+                        param.normal_(0.0, 0.02, generator=generator)
+    vae_dtype = torch.float32 if kind == "sdxl" else dtype  # as load_checkpoint keeps SDXL's VAE
+    for part in ("unet", "text_encoder", "text_encoder_2", "vae"):
+        if part in components:
+            components[part] = components[part].to(dev, vae_dtype if part == "vae" else dtype).eval()
+    family = family_handle(name)
+    encoders = tuple(components[n] for n in ("text_encoder", "text_encoder_2") if n in components)
+    tokenizers = tuple(components[n] for n in ("tokenizer", "tokenizer_2") if n in components)
+    return components, (ModelHandle(components["unet"], family, dev, dtype),
+                        ClipHandle(tokenizers, encoders, family, dev, dtype),
+                        VaeHandle(components["vae"], family, dev, vae_dtype))
+
+
+def full_size(device: str, tiny: bool, steps: int, repeats: int) -> dict:
+    import diffusers
+    import torch
+
     from sdflow_diffusion.numerics.decode import decode
     from sdflow_diffusion.numerics.encode import encode_text
     from sdflow_diffusion.numerics.sampling import empty_latent, make_scheduler, sample
     from sdflow_diffusion.stages.sample import Sample
 
-    device, dtype = torch.device("cuda"), torch.float16
-    components = build_components(family_dir("sd15"), "sd1", meta=True)
-    # The text encoder is built for real: its position ids are a buffer that
-    # to_empty would leave uninitialised.
-    encoder = components["text_encoder"]
-    components["text_encoder"] = type(encoder)(encoder.config).to(device).eval()
-    generator = torch.Generator(device).manual_seed(0)
-    for name in ("unet", "vae", "text_encoder"):
-        module = components[name] if name == "text_encoder" else components[name].to_empty(device=device)
-        with torch.no_grad():
-            for key, param in module.named_parameters():  # small random weights: no download
-                if key.endswith("weight") and param.ndim == 1:
-                    param.fill_(1.0)
-                else:
-                    param.normal_(0.0, 0.02, generator=generator)
-        components[name] = module.to(dtype).eval()
-    family = family_handle("sd15")
-    model = ModelHandle(components["unet"], family, device, dtype)
-    clip = ClipHandle((components["tokenizer"],), (components["text_encoder"],), family, device, dtype)
-    vae = VaeHandle(components["vae"], family, device, dtype)
-    params = Sample(seed=1, steps=steps, cfg=7.5)
+    cuda = device == "cuda"
     prompt, negative = "a lighthouse at dusk", "blurry"
+    results = {}
+    for kind, size in (("sd1", 512), ("sdxl", 1024)):
+        size = 64 if tiny else size
+        components, (model, clip, vae) = full_size_handles(kind, device, tiny)
+        parts = {**components, "scheduler": make_scheduler(model.family, "euler", "normal")}
+        if kind == "sdxl":
+            pipe = diffusers.StableDiffusionXLPipeline(**{k: parts[k] for k in (
+                "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "scheduler")})
+        else:
+            pipe = diffusers.StableDiffusionPipeline(**{k: parts[k] for k in (
+                "vae", "text_encoder", "tokenizer", "unet", "scheduler")}, safety_checker=None,
+                feature_extractor=None, requires_safety_checker=False)
+        pipe.set_progress_bar_config(disable=True)
+        label = f"{'SD 1.5' if kind == 'sd1' else 'SDXL'} {size}x{size}"
+        for batch in (1, 4):
+            params = Sample(seed=1, steps=steps, cfg=7.5)
 
-    def ours():
-        latent = sample(model, encode_text(clip, prompt), encode_text(clip, negative), empty_latent(512, 512, 1),
-                        params)
-        return decode(vae, latent)
+            def ours():
+                latent = sample(model, encode_text(clip, prompt), encode_text(clip, negative),
+                                empty_latent(size, size, batch), params)
+                return decode(vae, latent)
 
-    pipe = diffusers.StableDiffusionPipeline(
-        vae=components["vae"], text_encoder=components["text_encoder"], tokenizer=components["tokenizer"],
-        unet=components["unet"], scheduler=make_scheduler(family, "euler", "normal"), safety_checker=None,
-        feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
+            def theirs():
+                return pipe(prompt, negative_prompt=negative, height=size, width=size, num_inference_steps=steps,
+                            guidance_scale=7.5, num_images_per_prompt=batch,
+                            generator=[torch.Generator("cpu").manual_seed(1 + i) for i in range(batch)],
+                            output_type="np").images
 
-    def theirs():
-        return pipe(prompt, negative_prompt=negative, height=512, width=512, num_inference_steps=steps,
-                    guidance_scale=7.5, generator=torch.Generator("cpu").manual_seed(1), output_type="np").images
+            row = measure({"sdflow": ours, "diffusers": theirs}, repeats, cuda)
+            row["ratio_sdflow_over_diffusers"] = round(row["sdflow"]["seconds"] / row["diffusers"]["seconds"], 3)
+            results[f"{label} batch {batch}"] = row
+            print(f"{label} batch {batch}, {steps} steps: {row}", flush=True)
+        del pipe, components, model, clip, vae
+        if cuda:
+            torch.cuda.empty_cache()
+    return results
 
-    timings = {}
-    for label, run in (("sdflow", ours), ("diffusers", theirs), ("sdflow again", ours), ("diffusers again", theirs)):
-        run()  # warm-up
-        seconds = []
-        for _ in range(repeats):
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-            run()
-            torch.cuda.synchronize()
-            seconds.append(time.perf_counter() - start)
-        timings[label] = round(statistics.median(seconds), 4)
-        print(f"SD 1.5 512x512 {steps} steps fp16, {label}: median {timings[label]:.3f} s", flush=True)
-    sdflow = min(timings["sdflow"], timings["sdflow again"])
-    plain = min(timings["diffusers"], timings["diffusers again"])
-    timings["ratio_sdflow_over_diffusers"] = round(sdflow / plain, 3)
-    timings["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-    print(f"ratio sdflow / diffusers: {timings['ratio_sdflow_over_diffusers']}", flush=True)
-    return timings
+
+def measure(runs: dict, repeats: int, cuda: bool) -> dict:
+    """Median seconds of each run after a warm-up, the runs alternating
+    (twice through, best median kept), and each one's peak GPU memory."""
+    import torch
+
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    peaks: dict[str, float] = {}
+    for _ in range(2):
+        for name, run in runs.items():
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            run()  # warm-up
+            times = []
+            for _ in range(repeats):
+                if cuda:
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                run()
+                if cuda:
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - start)
+            seconds[name].append(statistics.median(times))
+            if cuda:
+                peaks[name] = max(peaks.get(name, 0.0), torch.cuda.max_memory_allocated() / 2**30)
+    return {name: {"seconds": round(min(seconds[name]), 4), "medians": [round(s, 4) for s in seconds[name]],
+                   **({"peak_gib": round(peaks[name], 2)} if cuda else {})} for name in runs}
+
+
+def first_image(device: str, tiny: bool, steps: int) -> dict:
+    """SD 1.5 as one fp16 file in the original layout, then the default
+    recipe on it as a fresh process, twice (once with --tiny)."""
+    import torch
+
+    from sdflow_diffusion.models.ldm_layout import to_original
+    from safetensors.torch import save_file
+
+    components, _ = full_size_handles("sd1", device, tiny)
+    folder = Path(tempfile.mkdtemp())
+    path = folder / "checkpoints" / "sd15-random.safetensors"
+    path.parent.mkdir(parents=True)
+    state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in to_original(components).items()}
+    del components
+    save_file(state, str(path))
+    size = 64 if tiny else 512
+    row: dict = {"file_gib": round(path.stat().st_size / 2**30, 2)}
+    for attempt in ("first",) if tiny else ("first", "second"):
+        out = folder / f"out-{attempt}"
+        start = time.perf_counter()
+        result = subprocess.run([sys.executable, "-m", "sdflow.cli", "run", str(EXAMPLES / "txt2img.sdflow"),
+                                 "--device", device, "--models-dir", str(folder), "--output", str(out),
+                                 "--set", f"checkpoint={path.name}", "--set", f"size={size}",
+                                 "--set", f"steps={steps}", "--set", "cfg=7.5"],
+                                capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        if result.returncode != 0:
+            return {**row, "error": result.stderr[-2000:]}
+        row[f"{attempt}_process_seconds"] = round(time.perf_counter() - start, 2)
+    print(f"first image, SD 1.5 single file at {size}x{size}: {row}", flush=True)
+    return row
 
 
 if __name__ == "__main__":
