@@ -365,6 +365,7 @@ class _interrupt_between_steps:
 
 
 def _cmd_show(args) -> int:
+    from sdflow.format import with_param_defaults
     from sdflow.pngtext import read_png_text
     from sdflow.text import visible, visible_lines
 
@@ -380,6 +381,9 @@ def _cmd_show(args) -> int:
         raise _Usage(f"{args.image}: no sdflow recipe in this image")
     recipe = text["recipe"]
     if args.recipe:
+        # The params as they were resolved (--set included) become the
+        # defaults, so the recipe reproduces the image by itself.
+        recipe = with_param_defaults(recipe, _recorded_params(text), text.get("recipe_file", "<recipe>"))
         # Piped to a file, the recipe is written as it was; on a terminal,
         # characters that could move the cursor or recolour it are escaped.
         shown = visible_lines(recipe) if sys.stdout.isatty() else recipe
@@ -391,6 +395,17 @@ def _cmd_show(args) -> int:
     print("recipe:")
     print("    " + visible_lines(recipe.rstrip("\n")).replace("\n", "\n    "))
     return EXIT_OK
+
+
+def _recorded_params(text: dict[str, str]) -> dict:
+    """The params an image recorded, or none where the field is missing or not a JSON object."""
+    import json
+
+    try:
+        params = json.loads(text.get("params", "{}"))
+    except ValueError:
+        return {}
+    return params if isinstance(params, dict) else {}
 
 
 def _cmd_plugins(args) -> int:

@@ -155,3 +155,50 @@ def _value(value: ast.Value, depth: int) -> str:
         return flat
     pad = INDENT * (depth + 1)
     return "[\n" + "".join(f"{pad}{item},\n" for item in items) + INDENT * depth + "]"
+
+
+def literal(value) -> str:
+    """A recipe's literal for a param's value (a number, boolean, string or
+    list of them), as the parser reads it back."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t")
+        return f'"{escaped}"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(literal(item) for item in value) + "]"
+    raise TypeError(f"no recipe literal for {type(value).__name__}")
+
+
+def with_param_defaults(text: str, values: dict, file: str = "<recipe>") -> str:
+    """``text`` with each param's default replaced by its value in ``values``
+    where the two differ; everything else (comments, layout) as it was.  A
+    recipe that does not parse, or a value with no literal, is left alone."""
+    from sdflow.parse import parse
+
+    recipe, errors = parse(text, file)
+    if errors:
+        return text
+    starts = [0]
+    for line in text.splitlines(keepends=True):
+        starts.append(starts[-1] + len(line))
+    edits = []
+    for statement in recipe.statements:
+        if not isinstance(statement, ast.Param) or statement.name not in values:
+            continue
+        default = statement.default
+        new = values[statement.name]
+        if isinstance(default, ast.Literal) and type(default.value) is type(new) and default.value == new:
+            continue
+        try:
+            written = literal(new)
+        except TypeError:
+            continue
+        span = default.span
+        edits.append((starts[span.line - 1] + span.column - 1, starts[span.end_line - 1] + span.end_column - 1,
+                       written))
+    for begin, end, written in sorted(edits, reverse=True):
+        text = text[:begin] + written + text[end:]
+    return text

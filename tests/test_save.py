@@ -3,13 +3,16 @@ the recipe inside, and `sdflow show` reading it back."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 from PIL import Image
 
 from cli import sdflow_cli
 from sdflow.plugin import StageError
 from sdflow.pngtext import read_png_text
-from sdflow_diffusion.images.png import save_pngs
+from sdflow_diffusion.images.png import ordinary_mode, save_pngs
 
 RECIPE = 'sdflow 1\nparam prompt = "a café at night"\n'
 
@@ -34,6 +37,20 @@ def test_a_name_taken_meanwhile_is_skipped_not_replaced(tmp_path, monkeypatch):
     (path,) = save_pngs([red()], tmp_path, "dog", {})
     assert path.name == "dog_00002_.png"
     assert (tmp_path / "dog_00001_.png").read_bytes() == b"someone else's"
+
+
+def test_outputs_get_an_ordinary_files_permissions(tmp_path):
+    """Not mkstemp's 0600: readable by a web server or another user where
+    the umask lets an ordinary file be."""
+    for umask, expected in ((0o022, 0o644), (0o027, 0o640), (0o002, 0o664)):
+        old = os.umask(umask)
+        ordinary_mode.cache_clear()
+        try:
+            (path,) = save_pngs([red()], tmp_path / oct(umask), "p", {})
+        finally:
+            os.umask(old)
+            ordinary_mode.cache_clear()
+        assert path.stat().st_mode & 0o777 == expected
 
 
 def test_prefix_may_name_a_subfolder_but_not_leave_the_output_folder(tmp_path):
@@ -74,3 +91,48 @@ def test_sdflow_show_on_other_files_is_a_usage_error(tmp_path):
     assert sdflow_cli("show", str(plain)).stderr == f"sdflow: error: {plain}: no sdflow recipe in this image\n"
     assert sdflow_cli("show", str(tmp_path / "notes.txt")).returncode == 2
     assert sdflow_cli("show", str(tmp_path / "missing.png")).returncode == 2
+
+
+def test_show_recipe_writes_the_set_values_in_and_reproduces_the_image(tmp_path):
+    """The README's route: a run with --set, then show --recipe > again.sdflow
+    and a plain run of that: the same pixels, because the resolved params are
+    written in as the defaults (comments and layout kept)."""
+    import numpy as np
+
+    from sdflow.cli import main
+
+    def run(recipe, out, *options):
+        assert main(["run", str(recipe), "--output", str(tmp_path / out), *options]) == 0
+        (png,) = (tmp_path / out).iterdir()
+        return png
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "txt2img.sdflow"
+    first = run(example, "first", "--set", 'prompt=a large "blue" circle\tin the center', "--set", "seed=7",
+                "--set", "cfg=4")
+    again = tmp_path / "again.sdflow"
+    again.write_text(sdflow_cli("show", "--recipe", str(first)).stdout)
+    text = again.read_text()
+    assert 'param prompt = "a large \\"blue\\" circle\\tin the center"' in text and "param seed = 7\n" in text
+    assert "param cfg = 4.0\n" in text and "param steps = 20\n" in text  # a float param stays one
+    assert text.startswith(example.read_text().split("sdflow 1")[0])  # the comments are kept
+    second = run(again, "second")
+    with Image.open(first) as a, Image.open(second) as b:
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert read_png_text(second)["params"] == read_png_text(first)["params"]
+
+
+def test_param_defaults_are_rewritten_as_literals_the_parser_reads_back():
+    from sdflow import ast
+    from sdflow.format import with_param_defaults
+    from sdflow.parse import parse
+
+    text = 'sdflow 1\n# seeds\nparam seed = 42  # the seed\nparam sizes = [64, 128]\nparam on = true\nparam name = "x"\n'
+    values = {"seed": 2**64 - 1, "sizes": [32, 48], "on": False, "name": 'a\\b "c"\nd'}
+    written = with_param_defaults(text, values)
+    assert "param seed = 18446744073709551615  # the seed\n" in written and written.startswith("sdflow 1\n# seeds\n")
+    recipe, errors = parse(written)
+    assert not errors
+    read = {p.name: [i.value for i in p.default.items] if isinstance(p.default, ast.ListValue) else p.default.value
+            for p in recipe.statements if isinstance(p, ast.Param)}
+    assert read == values
+    assert with_param_defaults(text, {"seed": 42, "name": "x"}) == text  # unchanged values: the same text

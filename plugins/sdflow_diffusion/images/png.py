@@ -9,6 +9,7 @@ that exists: an image is never overwritten, and never seen half-written.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import re
 import tempfile
@@ -71,6 +72,7 @@ def save_pngs(images: Iterable[Image.Image], output_dir: Path, prefix: str,
                 image.save(out, format="PNG", pnginfo=info)
                 out.flush()
                 os.fsync(out.fileno())
+            os.chmod(tmp, ordinary_mode())  # mkstemp's 0600 would keep a web server or a colleague out
             while True:
                 final = folder / f"{stem}_{counter:05d}_.png"
                 counter += 1
@@ -80,6 +82,15 @@ def save_pngs(images: Iterable[Image.Image], output_dir: Path, prefix: str,
         finally:
             Path(tmp).unlink(missing_ok=True)
     return written
+
+
+@functools.lru_cache(maxsize=1)
+def ordinary_mode() -> int:
+    """The permissions an ordinary new file gets here: 0666 less the umask
+    (read once: the umask can only be read by setting it)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _publish(tmp: Path, final: Path) -> bool:
