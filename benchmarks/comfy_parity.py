@@ -130,6 +130,9 @@ def _parse_args(argv=None):
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads in each worker (default 1)")
     p.add_argument("--parallel", action="store_true",
                    help="run the two workers at once (each with --threads); default: one after the other")
+    p.add_argument("--regions", action="store_true",
+                   help="the prompt combined with an area prompt, a mask prompt and a prompt for the first half "
+                        "of the schedule (ConditioningSetArea, ...SetMask, ...SetTimestepRange, ...Combine)")
     p.add_argument("--no-cli-check", action="store_true",
                    help="skip running the first case again as a whole `sdflow run`")
     p.add_argument("--keep", type=Path, default=None, metavar="DIR",
@@ -246,7 +249,7 @@ def main(argv=None) -> int:
     common = {
         "checkpoint": str(checkpoint.resolve()), "prompt": args.prompt, "negative": args.negative,
         "seed": args.seed, "cfg": args.cfg, "size": args.size, "batch": args.batch, "threads": args.threads,
-        "cases": cases, "probe": str(work / "probe_latent.npy"),
+        "cases": cases, "probe": str(work / "probe_latent.npy"), "regions": args.regions,
     }
     jobs = {
         "comfy": dict(common, out=str(work / "comfy"), comfyui=str(args.comfyui.resolve()), flags=args.comfy_flag),
@@ -524,6 +527,8 @@ def _comfy_worker(job: dict) -> int:
         negative = nodes.CLIPTextEncode().encode(clip, job["negative"])[0]
         np.save(out / "cond_positive.npy", positive[0][0].float().cpu().numpy())
         np.save(out / "cond_negative.npy", negative[0][0].float().cpu().numpy())
+        if job.get("regions"):
+            positive = _comfy_regions(nodes, clip, positive, job["size"])
         latent = nodes.EmptyLatentImage().generate(job["size"], job["size"], job["batch"])[0]
         probe = torch.from_numpy(np.load(job["probe"]))
         scale = model.model.latent_format.scale_factor
@@ -552,6 +557,53 @@ def _comfy_worker(job: dict) -> int:
             rec.case(key, result)
             print(f"case {key}: " + (result.get("error") or f"{result['seconds']:.1f} s"), flush=True)
     return 0
+
+
+# --regions: three more prompts, each given a part of the image or of the schedule.
+REGION_PROMPTS = ("a red circle", "a blue square", "oil painting, thick brush strokes")
+
+
+def _region_mask(size: int):
+    """The mask prompt's mask: the right half, full strength, [1, size, size]."""
+    import torch
+
+    mask = torch.zeros((1, size, size))
+    mask[:, :, size // 2:] = 1.0
+    return mask
+
+
+def _comfy_regions(nodes, clip, positive, size: int):
+    """``positive`` combined with: an area (half the width, three quarters of
+    the height, 8 px in, strength 1.5), the right-half mask (strength 0.8),
+    and a prompt for the first half of the schedule."""
+    def encode(text):
+        return nodes.CLIPTextEncode().encode(clip, text)[0]
+
+    area = nodes.ConditioningSetArea().append(encode(REGION_PROMPTS[0]), size // 2, size * 3 // 4, 8, 8, 1.5)[0]
+    masked = nodes.ConditioningSetMask().append(encode(REGION_PROMPTS[1]), _region_mask(size), "default", 0.8)[0]
+    early = nodes.ConditioningSetTimestepRange().set_range(encode(REGION_PROMPTS[2]), 0.0, 0.5)[0]
+    combine = nodes.ConditioningCombine().combine
+    return combine(combine(positive, area)[0], combine(masked, early)[0])[0]
+
+
+def _sdflow_regions(clip, positive, size: int):
+    """The same through the functions of sdflow's conditioning stages."""
+    from sdflow_diffusion.numerics.encode import encode_text
+    from sdflow_diffusion.stages import conditioning as stages
+
+    def one(result):
+        return result["conditioning"]
+
+    area = one(stages.conditioning_set_area(None, stages.ConditioningSetArea(
+        width=size // 2, height=size * 3 // 4, x=8, y=8, strength=1.5), encode_text(clip, REGION_PROMPTS[0])))
+    masked = one(stages.conditioning_set_mask(None, stages.ConditioningSetMask(strength=0.8),
+                                              encode_text(clip, REGION_PROMPTS[1]), _region_mask(size)))
+    early = one(stages.conditioning_set_timestep_range(None, stages.ConditioningSetTimestepRange(start=0.0, end=0.5),
+                                                       encode_text(clip, REGION_PROMPTS[2])))
+    combine = stages.conditioning_combine
+    none = stages.ConditioningCombine()
+    return one(combine(None, none, one(combine(None, none, positive, area)),
+                       one(combine(None, none, masked, early))))
 
 
 def _sdflow_worker(job: dict) -> int:
@@ -590,6 +642,8 @@ def _sdflow_worker(job: dict) -> int:
     negative = encode_text(clip, job["negative"])
     np.save(out / "cond_positive.npy", positive.embeds.float().cpu().numpy())
     np.save(out / "cond_negative.npy", negative.embeds.float().cpu().numpy())
+    if job.get("regions"):
+        positive = _sdflow_regions(clip, positive, job["size"])
     probe = Latent(torch.from_numpy(np.load(job["probe"])))
     np.save(out / "probe.npy", decode(vae, probe).numpy())
     print("encoded the prompts and decoded the probe latent", flush=True)
@@ -613,7 +667,7 @@ def _sdflow_worker(job: dict) -> int:
         rec.case(key, result)
         print(f"case {key}: " + (result.get("error") or f"{result['seconds']:.1f} s"), flush=True)
 
-    if job.get("cli_check") and images and job["batch"] == 1:
+    if job.get("cli_check") and images and job["batch"] == 1 and not job.get("regions"):
         del model, clip, vae  # the command loads its own
         rec.data["cli_check"] = _cli_check(job, next(iter(images)), images[next(iter(images))])
         rec.save()

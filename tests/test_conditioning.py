@@ -218,3 +218,43 @@ def test_freeu_is_diffusers_freeu_and_leaves_the_model_as_it_was():
                   guidance_scale=6.0, generator=[torch.Generator("cpu").manual_seed(3)], output_type="np").images
     pipe.disable_freeu()
     assert torch.equal(mine, torch.from_numpy(theirs))
+
+
+def test_area_entries_are_paired_across_the_prompts_as_comfyui_pairs_them():
+    """ComfyUI gives every area entry of one prompt a counterpart of the same
+    area in the other before sampling (create_cond_with_same_area_if_none):
+    310 cases recorded from ComfyUI's function (benchmarks/comfy_reference_areas.py).
+    Each entry is read back as [area, whose fields, whose text]."""
+    import json
+
+    from sdflow_diffusion.numerics.denoiser import _Entry, _pair_areas
+
+    data = json.loads((Path(__file__).parent / "data" / "comfyui_areas.json").read_text())
+    assert len(data["cases"]) == 310
+    for case in data["cases"]:
+        prompts = [[_Entry(context=f"{side}{i}", added=None, area=tuple(area) if area else None, strength=1.0,
+                           mask=None, sigma_start=1e9, sigma_end=0.0, control=(f"{side}{i}",))
+                    for i, area in enumerate(case[name])] for side, name in (("p", "positive"), ("n", "negative"))]
+        _pair_areas(prompts)
+        paired = {name: [[list(e.area) if e.area else None, e.control[0], e.context] for e in entries]
+                  for name, entries in zip(("positive", "negative"), prompts)}
+        assert paired == case["paired"], case
+
+
+def test_an_area_prompt_gets_the_negatives_text_over_its_area():
+    """What the pairing changes: with cfg, the area is guided against the
+    negative's prediction for that area alone (as ComfyUI guides it), not
+    against the negative's prediction for the whole latent cut to the area."""
+    from sdflow_diffusion.numerics.denoiser import Denoiser
+    from sdflow_diffusion.numerics.schedules import NoiseTable
+
+    model, clip, _ = tiny_handles("sd1")
+    area = replace(encode_text(clip, "a red circle").entries[0], area=(2, 2, 1, 1), strength=1.5)
+    positive = Conditioning.of([encode_text(clip, "a blue square"), area])
+    negative = encode_text(clip, "blurry")
+    table = NoiseTable.from_scheduler_config(model.family.scheduler_config)
+    denoiser = Denoiser(model, table, positive, negative, torch.Size((1, 4, 4, 4)), cfg=5.0, guided=True)
+    (plain, counterpart) = denoiser.entries[1]
+    assert counterpart.area == (2, 2, 1, 1) and counterpart.strength == 1.5
+    assert torch.equal(counterpart.context, plain.context)
+    assert len(Denoiser(model, table, positive, negative, torch.Size((1, 4, 4, 4)), cfg=1.0, guided=False).entries) == 1

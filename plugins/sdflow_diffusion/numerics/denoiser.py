@@ -27,7 +27,7 @@ a change to any sampler.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -123,8 +123,11 @@ class Denoiser:
         self.cfg, self.guided = cfg, guided
         self.hooks = hooks
         self.v_prediction = model.family.prediction_type == "v_prediction"
-        prompts = [positive, negative] if guided else [positive]
-        self.entries = [[_entry(model, table, e, shape, i) for e in c.entries] for i, c in enumerate(prompts)]
+        # Both prompts' entries are paired even when the negative is not run:
+        # an area of the negative gives the prompt a counterpart, as in ComfyUI.
+        entries = [[_entry(model, table, e, shape, i) for e in c.entries] for i, c in enumerate((positive, negative))]
+        _pair_areas(entries)
+        self.entries = entries if guided else entries[:1]
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         for hook in self.hooks:
@@ -215,6 +218,39 @@ def _entry(model: ModelHandle, table: NoiseTable, cond: Conditioning, shape: tor
         mask = mask * cond.mask_strength
     return _Entry(context, added, area, cond.strength, mask,
                   percent_to_sigma(table, cond.start), percent_to_sigma(table, cond.end), cond.control)
+
+
+def _pair_areas(prompts: list[list[_Entry]]) -> None:
+    """Give every area entry of one prompt a counterpart of the same area in
+    the other (ComfyUI's ``create_cond_with_same_area_if_none``), so that
+    guidance compares like with like there.  The counterpart is the area
+    entry (its strength, mask, timestep range and ControlNets too) with the
+    text of the other prompt's smallest entry that contains the area (an
+    entry without an area contains all); none is added where that entry
+    has the very same area.  Entries added to the negative are visited in
+    their turn, as ComfyUI visits them."""
+    for index, entries in enumerate(prompts):
+        for entry in entries:  # a list that grows while the other one is visited
+            if entry.area is None:
+                continue
+            for other in (p for i, p in enumerate(prompts) if i != index):
+                smallest = None
+                for candidate in other:
+                    if candidate.area is None:
+                        smallest = candidate if smallest is None else smallest
+                    elif _area_inside(entry.area, candidate.area) and (
+                            smallest is None or smallest.area is None
+                            or smallest.area[0] * smallest.area[1] > candidate.area[0] * candidate.area[1]):
+                        smallest = candidate
+                if smallest is not None and smallest.area != entry.area:
+                    other.append(replace(entry, context=smallest.context, added=smallest.added))
+
+
+def _area_inside(area: tuple[int, int, int, int], outer: tuple[int, int, int, int]) -> bool:
+    """Whether ``area`` (height, width, y, x) lies within ``outer``."""
+    height, width, y, x = area
+    outer_height, outer_width, outer_y, outer_x = outer
+    return y >= outer_y and x >= outer_x and y + height <= outer_y + outer_height and x + width <= outer_x + outer_width
 
 
 def percent_to_sigma(table: NoiseTable, percent: float) -> float:
