@@ -31,7 +31,7 @@ class _PluginFailure(Exception):
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = _parser(with_settings=_command_of(argv) == "run")
+    parser = _parser(with_settings=_command_of(argv) in ("run", "lock", "check"))
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
@@ -80,6 +80,12 @@ def _parser(with_settings: bool = False) -> argparse.ArgumentParser:
     check.add_argument("files", nargs="+", metavar="FILE")
     _add_set(check)
     check.add_argument("--strict", action="store_true", help="treat warnings as errors")
+    check.add_argument("--locked", action="store_true",
+                       help="also check that the models each FILE.lock pins are found, unchanged (loads nothing)")
+    if with_settings:
+        from sdflow.settings import add_arguments
+
+        add_arguments(check, _registry(quiet=True))
     check.set_defaults(handler=_cmd_check)
 
     fmt = sub.add_parser("fmt", help="rewrite recipes in the canonical layout")
@@ -99,11 +105,22 @@ def _parser(with_settings: bool = False) -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print one JSON event per line on stdout")
     run.add_argument("--explain", action="store_true",
                      help="say for each stage why it ran or was reused (on stderr)")
+    run.add_argument("--locked", action="store_true",
+                     help="refuse to run unless the models are those FILE.lock pins (versions that differ: a warning)")
     if with_settings:
         from sdflow.settings import add_arguments
 
         add_arguments(run, _registry(quiet=True))
     run.set_defaults(handler=_cmd_run)
+
+    lock = sub.add_parser("lock", help="write FILE.lock: the models, stage versions and versions a run depends on")
+    lock.add_argument("file", metavar="FILE")
+    _add_set(lock)
+    if with_settings:
+        from sdflow.settings import add_arguments
+
+        add_arguments(lock, _registry(quiet=True))
+    lock.set_defaults(handler=_cmd_lock)
 
     show = sub.add_parser("show", help="print the recipe and settings stored in an image")
     show.add_argument("image", metavar="IMAGE.png")
@@ -118,7 +135,14 @@ def _parser(with_settings: bool = False) -> argparse.ArgumentParser:
     graph.add_argument("--format", choices=("dot", "mermaid"), default="dot")
     _add_set(graph)
     graph.set_defaults(handler=_cmd_graph)
-    for command in (check, fmt, run, graph):
+
+    diff = sub.add_parser("diff", help="compare two recipes or images by meaning: params, stages, models, versions")
+    diff.add_argument("files", nargs="+", metavar="FILE", help="two recipes or PNGs (with --git: git's arguments)")
+    diff.add_argument("--json", action="store_true", help="print the differences as a JSON list")
+    diff.add_argument("--git", action="store_true",
+                      help="act as git's diff driver: git config diff.sdflow.command 'sdflow diff --git'")
+    diff.set_defaults(handler=_cmd_diff)
+    for command in (check, fmt, run, lock, graph, diff):
         command.add_argument("--max-diagnostics", type=_count, default=MAX_SHOWN, metavar="N",
                              help=f"print at most N diagnostics of a recipe (default {MAX_SHOWN}; 0 for all)")
     for command in sub.choices.values():  # `sdflow check --strict-plugins ...` works too
@@ -223,6 +247,9 @@ def _cmd_check(args) -> int:
             print(f"sdflow: error: {err}", file=sys.stderr)
             status = EXIT_USAGE
             continue
+        if graph is not None and args.locked:
+            diagnostics = [*diagnostics, *_lock_problems(registry, args, path, source, graph)]
+            graph = None if any(d.is_error for d in diagnostics) else graph
         print_diagnostics(diagnostics, {path: source}, sys.stderr, args.max_diagnostics)
         failed = graph is None or (args.strict and diagnostics)
         if failed:
@@ -230,6 +257,63 @@ def _cmd_check(args) -> int:
         elif not diagnostics:
             print(f"{path}: ok", file=sys.stderr)
     return status
+
+
+def _run_options(registry, args, file: str):
+    from sdflow.execute import RunOptions
+    from sdflow.settings import SettingsError, resolve
+
+    try:
+        settings = resolve(registry, args)
+    except SettingsError as err:
+        raise _Usage(str(err)) from None
+    return RunOptions(output_dir=Path(getattr(args, "output", "output")), recipe_dir=Path(file).resolve().parent,
+                      settings=settings)
+
+
+def _lock_of(registry, args, file: str, source: str, graph) -> dict:
+    """The lock ``file``'s run would have here (raises RunError)."""
+    from sdflow.execute import Executor
+    from sdflow.lock import make_lock
+
+    versions = {name: info.version for name, info in registry.plugins.items()}
+    return make_lock(graph, Executor(plugin_versions=versions), _run_options(registry, args, file), file, source,
+                     _overrides(args.set), versions)
+
+
+def _lock_problems(registry, args, file: str, source: str, graph) -> list:
+    """What differs from ``file``'s lock file (``--locked``)."""
+    from sdflow.execute import RunError
+    from sdflow.lock import compare, lock_path, read_lock
+
+    path = lock_path(Path(file))
+    lock, problem = read_lock(path)
+    if problem is not None:
+        return [problem]
+    try:
+        now = _lock_of(registry, args, file, source, graph)
+    except RunError as err:
+        return list(err.diagnostics)
+    return compare(lock, path, now, graph)
+
+
+def _cmd_lock(args) -> int:
+    from sdflow.execute import RunError
+    from sdflow.lock import dump, lock_path
+
+    registry = _registry()
+    source, graph = _checked_graph(args)
+    if graph is None:
+        return EXIT_DIAGNOSTICS
+    try:
+        lock = _lock_of(registry, args, args.file, source, graph)
+    except RunError as err:
+        print_diagnostics(err.diagnostics, {args.file: source}, sys.stderr, args.max_diagnostics)
+        return EXIT_DIAGNOSTICS
+    path = lock_path(Path(args.file))
+    _write_atomic(path, dump(lock))
+    print(path)
+    return EXIT_OK
 
 
 def _cmd_fmt(args) -> int:
@@ -267,19 +351,21 @@ def _cmd_fmt(args) -> int:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    """Replace a file's text in one step: a crash leaves the old or the new.
+    """Replace a file's text in one step: a crash leaves the old or the new
+    (a new file gets an ordinary file's permissions).
 
     A symbolic link stays a link: the file it points to is the one rewritten.
     The new text is written beside that file and renamed over it, keeping
     its permissions.
     """
+    from sdflow.files import ordinary_mode
+
     path = Path(os.path.realpath(path))
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as out:
             out.write(text)
-        if path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o7777)
+        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else ordinary_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -305,19 +391,18 @@ def _cmd_stages(args) -> int:
 
 
 def _cmd_run(args) -> int:
-    from sdflow.execute import Events, Executor, Interrupted, RunError, RunOptions
-    from sdflow.settings import SettingsError, resolve
+    from sdflow.execute import Events, Executor, Interrupted, RunError
 
     registry = _registry()
-    try:
-        settings = resolve(registry, args)
-    except SettingsError as err:
-        raise _Usage(str(err)) from None
+    options = _run_options(registry, args, args.file)
     source, graph = _checked_graph(args)
     if graph is None:
         return EXIT_DIAGNOSTICS
-    options = RunOptions(output_dir=Path(args.output), recipe_dir=Path(args.file).resolve().parent,
-                         settings=settings)
+    if args.locked:
+        problems = _lock_problems(registry, args, args.file, source, graph)
+        print_diagnostics(problems, {args.file: source}, sys.stderr, args.max_diagnostics)
+        if any(d.is_error for d in problems):
+            return EXIT_DIAGNOSTICS
     versions = {name: info.version for name, info in registry.plugins.items()}
     executor = Executor(Events(json_stream=sys.stdout if args.json else None), plugin_versions=versions,
                         explain=sys.stderr if args.explain else None)
@@ -383,7 +468,7 @@ def _cmd_show(args) -> int:
     if args.recipe:
         # The params as they were resolved (--set included) become the
         # defaults, so the recipe reproduces the image by itself.
-        recipe = with_param_defaults(recipe, _recorded_params(text), text.get("recipe_file", "<recipe>"))
+        recipe = with_param_defaults(recipe, _recorded_params(text))
         # Piped to a file, the recipe is written as it was; on a terminal,
         # characters that could move the cursor or recolour it are escaped.
         shown = visible_lines(recipe) if sys.stdout.isatty() else recipe
@@ -423,6 +508,17 @@ def _cmd_graph(args) -> int:
         return EXIT_DIAGNOSTICS
     print(to_dot(graph) if args.format == "dot" else to_mermaid(graph), end="")
     return EXIT_OK
+
+
+def _cmd_diff(args) -> int:
+    from sdflow.diff import run_diff
+    from sdflow.graph import UsageError
+
+    try:
+        return run_diff(args.files, _registry(), json_output=args.json, git=args.git,
+                        max_shown=args.max_diagnostics)
+    except UsageError as err:
+        raise _Usage(str(err)) from None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -292,7 +292,7 @@ class RunContext:
         plugins = {self._graph.nodes[k].spec.plugin for k in keys}
         plugin_versions = {f"plugin {p}": self._executor.plugin_versions.get(p, "?") for p in sorted(plugins)}
         paths = {label: str(path) for label, path in self._merged(self._executor.paths).items()}
-        return output_metadata(recipe=self.recipe_text, recipe_file=self.recipe_file, params=self.params,
+        return output_metadata(recipe=self.recipe_text, params=self.params,
                                files=self.upstream_identities(), paths=paths, stages=stages,
                                resolved=self.upstream_records(),
                                versions={**plugin_versions, **dict(versions or {})})
@@ -386,6 +386,19 @@ class Executor:
                          files=[str(f) for f in self.result.files])
         return self.result
 
+    def identify(self, graph: StageGraph, options: RunOptions) -> dict[str, dict[str, tuple[str, Path]]]:
+        """Every file the stages would read, found and identified as a run's
+        preflight does, nothing run or loaded (``sdflow lock``, ``--locked``):
+        per stage, a label -> (SHA-256, path).  Raises :class:`RunError`
+        with every problem at once."""
+        self.identities, self.paths, self.records = {}, {}, {}
+        self._settings = {plugin: model() for plugin, model in graph.settings_models.items()}
+        problems = self._identify_all(graph, options)
+        if problems:
+            raise RunError(problems)
+        return {key: {label: (sha, self.paths[key][label]) for label, sha in found.items()}
+                for key, found in self.identities.items()}
+
     def _preflight(self, graph: StageGraph, options: RunOptions) -> None:
         """What can be known before any stage runs, checked before any does:
         the output folder (when the recipe writes files), and every file the
@@ -397,14 +410,19 @@ class Executor:
             if problem is not None:
                 problems.append(Diagnostic("E604", problem, None,
                                            "give --output a folder you can write to (it is made if missing)"))
+        problems += self._identify_all(graph, options)
+        if problems:
+            raise RunError(problems)
+
+    def _identify_all(self, graph: StageGraph, options: RunOptions) -> list[Diagnostic]:
+        problems: list[Diagnostic] = []
         for key in graph.order:
             node = graph.nodes[key]
             try:
                 self._identify(RunContext(self, graph, node, options), node)
             except RunError as err:
                 problems.extend(err.diagnostics)
-        if problems:
-            raise RunError(problems)
+        return problems
 
     def _stage(self, ctx: RunContext, graph: StageGraph, node: StageNode,
                inputs: dict[str, Any]) -> Mapping[str, Any]:

@@ -15,12 +15,13 @@ from typing import Any, Mapping
 PREFIX = "sdflow."
 
 
-def output_metadata(*, recipe: str, recipe_file: str, params: Mapping[str, Any],
+def output_metadata(*, recipe: str, params: Mapping[str, Any],
                     files: Mapping[str, str], stages: Mapping[str, str], resolved: Mapping[str, Any],
                     versions: Mapping[str, str], paths: Mapping[str, str] | None = None) -> dict[str, str]:
     """The text fields of an output, keyed ``sdflow.NAME``:
 
-    ``recipe`` (its text), ``recipe_file``, ``params`` (as resolved, ``--set``
+    ``recipe`` (its text; not the file's name, so that the same recipe
+    under another name writes the same bytes), ``params`` (as resolved, ``--set``
     included), ``models`` (each file a stage read: its label -> SHA-256),
     ``paths`` (where each of those files was found),
     ``stages`` (each stage that led to the output: its type's full name and
@@ -32,7 +33,6 @@ def output_metadata(*, recipe: str, recipe_file: str, params: Mapping[str, Any],
 
     fields: dict[str, Any] = {
         "recipe": recipe,
-        "recipe_file": recipe_file,
         "params": dict(params),
         "models": dict(files),
         "paths": dict(paths or {}),

@@ -15,6 +15,8 @@ change between versions, these names will not without notice::
 * :func:`setting` declares one field of a plugin's settings model.
 * :class:`RunContext` is what a run function receives: settings, progress
   and cancellation, file identity, what it resolved, output metadata.
+* :func:`ordinary_mode` is the permissions a file a stage writes should get
+  (0666 less the umask; ``tempfile.mkstemp`` makes 0600).
 * :class:`StageError` is a failure the user can fix (shown at the stage's
   line with its help); :class:`Interrupted` is raised when the user stops.
 
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
     from sdflow.registry import PluginRegistry, Port
     from sdflow.settings import setting
     from sdflow.declaration import Params, ParamWarning, StageType, stage
+    from sdflow.files import ordinary_mode
 
 # Each name is imported when first asked for (PEP 562), so that declaring
 # stages and checking a recipe never import the executor.
@@ -51,6 +54,7 @@ _WHERE = {
     "ParamWarning": "sdflow.declaration",
     "StageType": "sdflow.declaration",
     "stage": "sdflow.declaration",
+    "ordinary_mode": "sdflow.files",
 }
 
 

@@ -31,7 +31,8 @@ from pydantic import BaseModel, Field, ValidationError
 from pydantic_core import PydanticUndefined
 
 # Flags that belong to ``sdflow run`` itself: no plugin may take them.
-ENGINE_FLAGS = frozenset({"--set", "--output", "--json", "--explain", "--help", "--strict-plugins"})
+ENGINE_FLAGS = frozenset({"--set", "--output", "--json", "--explain", "--help", "--strict-plugins", "--strict",
+                          "--locked", "--max-diagnostics"})
 ENGINE_VARIABLES = frozenset({"SDFLOW_DISABLE_PLUGINS", "SDFLOW_TRACE_PLUGINS", "SDFLOW_STRICT_PLUGINS"})
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 

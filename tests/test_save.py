@@ -136,3 +136,19 @@ def test_param_defaults_are_rewritten_as_literals_the_parser_reads_back():
             for p in recipe.statements if isinstance(p, ast.Param)}
     assert read == values
     assert with_param_defaults(text, {"seed": 42, "name": "x"}) == text  # unchanged values: the same text
+
+
+def test_the_same_recipe_and_seed_write_the_same_bytes_under_any_file_name(tmp_path):
+    """No chunk records a time or the recipe's file name: the same recipe
+    run twice, or copied under another name, writes identical PNG files."""
+    from sdflow.cli import main
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "txt2img.sdflow"
+    copy = tmp_path / "renamed.sdflow"
+    copy.write_text(example.read_text())
+    written = []
+    for i, recipe in enumerate((example, example, copy)):
+        assert main(["run", str(recipe), "--output", str(tmp_path / f"out{i}")]) == 0
+        (png,) = (tmp_path / f"out{i}").iterdir()
+        written.append(png.read_bytes())
+    assert written[0] == written[1] == written[2]

@@ -33,3 +33,14 @@ class DiffusionSettings(BaseModel):
         (), "where load_image and load_mask look names up (ComfyUI's input folder), before the recipe's "
             "folder and its inputs/ folder; repeatable",
         flag="--inputs", env="SDFLOW_INPUTS", metavar="DIR")
+
+    def resolved(self) -> dict[str, str]:
+        """The device and dtype a run would use here, ``auto`` resolved
+        (``sdflow lock`` records them; imports torch)."""
+        import torch
+
+        from sdflow_diffusion.models.device import resolve_device
+
+        device, dtype = resolve_device(self)
+        names = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+        return {"device": device.type, "dtype": names[dtype]}

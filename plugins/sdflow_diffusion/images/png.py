@@ -9,7 +9,6 @@ that exists: an image is never overwritten, and never seen half-written.
 from __future__ import annotations
 
 import errno
-import functools
 import os
 import re
 import tempfile
@@ -19,7 +18,8 @@ from typing import Iterable
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from sdflow.plugin import StageError
+from sdflow.plugin import StageError, ordinary_mode
+
 
 def output_folder_and_stem(output_dir: Path, prefix: str) -> tuple[Path, str]:
     """The folder and file-name stem for a prefix such as ``"portraits/cat"``,
@@ -58,14 +58,15 @@ def png_info(metadata: dict[str, str]) -> PngInfo:
 
 
 def save_pngs(images: Iterable[Image.Image], output_dir: Path, prefix: str,
-              metadata: dict[str, str]) -> list[Path]:
-    """Save each image under the next free counter; returns the paths."""
+              metadata: dict[str, str], each: list[dict[str, str]] | None = None) -> list[Path]:
+    """Save each image under the next free counter, with ``metadata`` and
+    its own fields of ``each``; returns the paths."""
     folder, stem = output_folder_and_stem(output_dir, prefix)
     folder.mkdir(parents=True, exist_ok=True)
-    info = png_info(metadata)
     written = []
     counter = next_counter(folder, stem)
-    for image in images:
+    for i, image in enumerate(images):
+        info = png_info({**metadata, **(each[i] if each else {})})
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{stem}.", suffix=".png.tmp")
         try:
             with os.fdopen(fd, "wb") as out:
@@ -82,15 +83,6 @@ def save_pngs(images: Iterable[Image.Image], output_dir: Path, prefix: str,
         finally:
             Path(tmp).unlink(missing_ok=True)
     return written
-
-
-@functools.lru_cache(maxsize=1)
-def ordinary_mode() -> int:
-    """The permissions an ordinary new file gets here: 0666 less the umask
-    (read once: the umask can only be read by setting it)."""
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 def _publish(tmp: Path, final: Path) -> bool:
