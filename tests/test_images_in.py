@@ -9,11 +9,13 @@ measured with the project's scorer (``training.tiny.score``).
 from __future__ import annotations
 
 import functools
+import json
 
 import diffusers
 import numpy as np
 import pytest
 import torch
+from sdflow.pngtext import read_png_text
 from sdflow_diffusion.handles import Latent
 from sdflow_diffusion.numerics.decode import decode
 from sdflow_diffusion.numerics.encode import encode_text
@@ -296,6 +298,11 @@ def test_batch_image_i_is_a_run_of_one_with_seed_plus_i(tmp_path):
         assert np.abs(drawn.astype(int) - single.astype(int)).max() <= 1
     assert np.array_equal(files["batch/last_two_00001_.png"], files["batch/all_00003_.png"])
     assert np.array_equal(files["batch/last_two_00002_.png"], files["batch/all_00004_.png"])
+    # Each PNG records its own place in the batch and its seed.
+    recorded = {name: json.loads(read_png_text(tmp_path / "batch" / name)["image"]) for name in files}
+    for i in range(4):
+        assert recorded[f"batch/all_0000{i + 1}_.png"] == {"index": i, "count": 4, "seed": 42 + i}
+    assert recorded["batch/last_two_00002_.png"] == {"index": 1, "count": 2, "seed": 45}
 
 
 def test_img2img_through_the_cli_with_a_picture_given_by_path(tmp_path):

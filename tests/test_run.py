@@ -85,7 +85,10 @@ def test_run_writes_a_png_that_carries_its_recipe(recipe, models, tmp_path, caps
     assert json.loads(text["paths"]) == {"tiny-sd1.safetensors": str(checkpoint)}  # what the name found
     versions = json.loads(text["versions"])
     assert set(versions) == {"sdflow", "torch", "diffusers", "python", "plugin diffusion"}
-    assert json.loads(text["run"]) == {"device": "cpu", "dtype": "fp32", "vae_dtype": "fp32"}  # what ran, not "auto"
+    # What ran, not "auto"; the image's seed (the sampler's, as ComfyUI's seed + i for image i).
+    assert json.loads(text["run"]) == {"device": "cpu", "dtype": "fp32", "vae_dtype": "fp32", "seeds": [7]}
+    assert json.loads(text["image"]) == {"index": 0, "count": 1, "seed": 7}
+    assert "recipe_file" not in text  # the same recipe under another name writes the same bytes
     assert sdflow_cli("show", "--recipe", str(png)).stdout == RECIPE
 
 

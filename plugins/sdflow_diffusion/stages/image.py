@@ -175,6 +175,9 @@ def image_from_batch(ctx, params: ImageFromBatch, image) -> dict:
     As ComfyUI does, an index past the batch takes its last image, and a
     length past its end takes what there is."""
     index = min(params.batch_index, len(image) - 1)
+    seeds = ctx.upstream_records().get("seeds")
+    if isinstance(seeds, list) and len(seeds) == len(image):  # the images taken keep their seeds
+        ctx.record(seeds=seeds[index:index + params.length])
     return {"image": image[index:index + params.length].clone()}
 
 

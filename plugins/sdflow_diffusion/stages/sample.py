@@ -111,6 +111,7 @@ def sample(ctx, params: Sample, model, positive, negative, latent) -> dict:
 
     with ctx.progress(params.steps, "steps") as progress:
         denoised = run_sampler(model, positive, negative, latent, params, progress=progress)
+    _record_seeds(ctx, params, latent)
     return {"latent": denoised}
 
 
@@ -124,4 +125,12 @@ def sample_advanced(ctx, params: SampleAdvanced, model, positive, negative, late
     end = min(params.end_at_step, params.steps)
     with ctx.progress(max(end - params.start_at_step, 0), "steps") as progress:
         denoised = run_sampler(model, positive, negative, latent, params, progress=progress)
+    _record_seeds(ctx, params, latent)
     return {"latent": denoised}
+
+
+def _record_seeds(ctx, params, latent) -> None:
+    """Each image's seed, for the images saved downstream (save_image)."""
+    from sdflow_diffusion.numerics.denoiser import image_seeds
+
+    ctx.record(seeds=image_seeds(params.seed, latent.samples.shape[0], latent.extra.get("batch_index")))

@@ -46,7 +46,12 @@ class SaveImage(Params):
 
 @stage(params=SaveImage, inputs={"image": Port("IMAGE", "the images to save")}, output=True)
 def save_image(ctx, params: SaveImage, image) -> dict:
-    """Write each image as a PNG into the output folder, never overwriting. ComfyUI: SaveImage."""
+    """Write each image as a PNG into the output folder, never overwriting. ComfyUI: SaveImage.
+
+    Each PNG carries the recipe and what the run resolved, and its own place in the batch and
+    seed (``sdflow.image``: index, count, seed; the seed is the nearest sampler's, none without one)."""
+    import json
+
     import diffusers
     import torch
 
@@ -54,6 +59,11 @@ def save_image(ctx, params: SaveImage, image) -> dict:
     from sdflow_diffusion.images.png import save_pngs
 
     metadata = ctx.metadata(versions={"torch": torch.__version__, "diffusers": diffusers.__version__})
-    for path in save_pngs(to_pil(image), ctx.output_dir, params.prefix, metadata):
+    pictures = to_pil(image)
+    seeds = ctx.upstream_records().get("seeds")
+    seeds = seeds if isinstance(seeds, list) and len(seeds) == len(pictures) else [None] * len(pictures)
+    each = [{"sdflow.image": json.dumps({"index": i, "count": len(pictures), "seed": seed})}
+            for i, seed in enumerate(seeds)]
+    for path in save_pngs(pictures, ctx.output_dir, params.prefix, metadata, each):
         ctx.file_written(path)
     return {}
