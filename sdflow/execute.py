@@ -148,6 +148,19 @@ class Progress:
         return None
 
 
+@dataclass(frozen=True)
+class Upstream:
+    """One stage of an output's lineage (:meth:`RunContext.lineage`)."""
+
+    key: str
+    stage: str  # the type's full name, plugin.id
+    type: str  # its id
+    params: Any  # the validated parameter model
+    inputs: Mapping[str, tuple[str, str]]  # port -> (stage key, port)
+    files: Mapping[str, str]  # label -> SHA-256
+    records: Mapping[str, Any]
+
+
 class RunContext:
     """What a stage's run function is handed besides its parameters and inputs.
 
@@ -281,6 +294,18 @@ class RunContext:
     def upstream_records(self) -> dict[str, Any]:
         """What this stage and every stage it depends on recorded (nearest wins)."""
         return self._merged(self._executor.records)
+
+    def lineage(self) -> list[Upstream]:
+        """This stage and every stage it depends on, nearest first: each
+        one's key, type, validated parameters, inputs (port -> the stage key
+        and port it comes from), the files it identified and what it
+        recorded.  For an output that describes how it was made in another
+        tool's terms (A1111's ``parameters``, a ComfyUI graph)."""
+        nodes = self._graph.nodes
+        return [Upstream(key, nodes[key].spec.qualified, nodes[key].spec.id, nodes[key].params,
+                         {port: (c.stage, c.port) for port, c in nodes[key].inputs.items()},
+                         dict(self._executor.identities.get(key, {})), dict(self._executor.records.get(key, {})))
+                for key in upstream(nodes, [self.key])]
 
     def metadata(self, versions: Mapping[str, str] | None = None) -> dict[str, str]:
         """The text fields an output file carries to reproduce it (keys

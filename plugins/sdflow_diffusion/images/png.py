@@ -53,7 +53,10 @@ def png_info(metadata: dict[str, str]) -> PngInfo:
     keys and texts as ``sdflow show`` reads them), compressed when long."""
     info = PngInfo()
     for key, text in metadata.items():
-        info.add_itxt(key, text, zip=len(text) > 1024)
+        if key.startswith("sdflow."):
+            info.add_itxt(key, text, zip=len(text) > 1024)
+        else:  # another tool's field (A1111's parameters): as that tool writes it, tEXt where Latin-1 can hold it
+            info.add_text(key, text)
     return info
 
 

@@ -49,14 +49,17 @@ def save_image(ctx, params: SaveImage, image) -> dict:
     """Write each image as a PNG into the output folder, never overwriting. ComfyUI: SaveImage.
 
     Each PNG carries the recipe and what the run resolved, and its own place in the batch and
-    seed (``sdflow.image``: index, count, seed; the seed is the nearest sampler's, none without one)."""
+    seed (``sdflow.image``: index, count, seed; the seed is the nearest sampler's, none without one).
+    It also carries AUTOMATIC1111's ``parameters`` text, which viewers, galleries and model sites
+    read: the prompt, the negative, and the main sampler's settings, model and LoRAs."""
     import json
 
     import diffusers
     import torch
 
-    from sdflow_diffusion.numerics.decode import to_pil
+    from sdflow_diffusion.images.a1111 import parameters
     from sdflow_diffusion.images.png import save_pngs
+    from sdflow_diffusion.numerics.decode import to_pil
 
     metadata = ctx.metadata(versions={"torch": torch.__version__, "diffusers": diffusers.__version__})
     pictures = to_pil(image)
@@ -64,6 +67,12 @@ def save_image(ctx, params: SaveImage, image) -> dict:
     seeds = seeds if isinstance(seeds, list) and len(seeds) == len(pictures) else [None] * len(pictures)
     each = [{"sdflow.image": json.dumps({"index": i, "count": len(pictures), "seed": seed})}
             for i, seed in enumerate(seeds)]
+    version = f"sdflow {json.loads(metadata['sdflow.versions'])['sdflow']}"
+    lineage = ctx.lineage()
+    for i, (fields, picture) in enumerate(zip(each, pictures)):
+        text = parameters(lineage, i, picture.size, version)
+        if text is not None:
+            fields["parameters"] = text  # what A1111, galleries and model sites read
     for path in save_pngs(pictures, ctx.output_dir, params.prefix, metadata, each):
         ctx.file_written(path)
     return {}
