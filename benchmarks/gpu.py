@@ -58,6 +58,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None, help="also write the report here")
+    parser.add_argument("--only", nargs="+", default=None, metavar="SECTION",
+                        help="run these sections only (default_recipe kinds examples full_size first_image)")
+    parser.add_argument("--sdxl-batches", type=int, nargs="+", default=[1, 4], metavar="N",
+                        help="the SDXL batch sizes full_size measures (default 1 4)")
     args = parser.parse_args(argv)
     if args.tiny:
         args.steps, args.repeats = 2, 1
@@ -72,9 +76,11 @@ def main(argv: list[str] | None = None) -> dict:
     sections = (("default_recipe", lambda: default_recipe(args.device)),
                 ("kinds", lambda: every_kind(args.device)),
                 ("examples", lambda: examples(args.device, ALL_EXAMPLES[:2] if args.tiny else ALL_EXAMPLES)),
-                ("full_size", lambda: full_size(args.device, args.tiny, args.steps, args.repeats)),
+                ("full_size", lambda: full_size(args.device, args.tiny, args.steps, args.repeats, args.sdxl_batches)),
                 ("first_image", lambda: first_image(args.device, args.tiny, args.steps)))
     for name, run in sections:
+        if args.only is not None and name not in args.only:
+            continue
         started = time.perf_counter()
         try:
             report[name] = run()
@@ -238,7 +244,27 @@ def full_size_handles(kind: str, device: str, tiny: bool):
                         VaeHandle(components["vae"], family, dev, vae_dtype))
 
 
-def full_size(device: str, tiny: bool, steps: int, repeats: int) -> dict:
+def full_size(device: str, tiny: bool, steps: int, repeats: int, sdxl_batches: list[int] = (1, 4)) -> dict:
+    import torch
+
+    cuda = device == "cuda"
+    results = {}
+    for kind, size in (("sd1", 512), ("sdxl", 1024)):
+        try:
+            results.update(_full_size_kind(kind, 64 if tiny else size, device, tiny, steps, repeats,
+                                           sdxl_batches if kind == "sdxl" else (1, 4)))
+        except Exception as err:  # one kind that breaks is reported; the other's rows stay
+            results[kind] = {"error": f"{type(err).__name__}: {err}"}
+            print(f"{kind}: {results[kind]}", flush=True)
+        if cuda:
+            torch.cuda.empty_cache()
+    return results
+
+
+def _full_size_kind(kind: str, size: int, device: str, tiny: bool, steps: int, repeats: int,
+                    batches) -> dict:
+    import copy
+
     import diffusers
     import torch
 
@@ -250,40 +276,38 @@ def full_size(device: str, tiny: bool, steps: int, repeats: int) -> dict:
     cuda = device == "cuda"
     prompt, negative = "a lighthouse at dusk", "blurry"
     results = {}
-    for kind, size in (("sd1", 512), ("sdxl", 1024)):
-        size = 64 if tiny else size
-        components, (model, clip, vae) = full_size_handles(kind, device, tiny)
-        parts = {**components, "scheduler": make_scheduler(model.family, "euler", "normal")}
-        if kind == "sdxl":
-            pipe = diffusers.StableDiffusionXLPipeline(**{k: parts[k] for k in (
-                "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "scheduler")})
-        else:
-            pipe = diffusers.StableDiffusionPipeline(**{k: parts[k] for k in (
-                "vae", "text_encoder", "tokenizer", "unet", "scheduler")}, safety_checker=None,
-                feature_extractor=None, requires_safety_checker=False)
-        pipe.set_progress_bar_config(disable=True)
-        label = f"{'SD 1.5' if kind == 'sd1' else 'SDXL'} {size}x{size}"
-        for batch in (1, 4):
-            params = Sample(seed=1, steps=steps, cfg=7.5)
-
-            def ours():
-                latent = sample(model, encode_text(clip, prompt), encode_text(clip, negative),
-                                empty_latent(size, size, batch), params)
-                return decode(vae, latent)
-
-            def theirs():
-                return pipe(prompt, negative_prompt=negative, height=size, width=size, num_inference_steps=steps,
-                            guidance_scale=7.5, num_images_per_prompt=batch,
-                            generator=[torch.Generator("cpu").manual_seed(1 + i) for i in range(batch)],
-                            output_type="np").images
-
-            row = measure({"sdflow": ours, "diffusers": theirs}, repeats, cuda)
-            row["ratio_sdflow_over_diffusers"] = round(row["sdflow"]["seconds"] / row["diffusers"]["seconds"], 3)
-            results[f"{label} batch {batch}"] = row
-            print(f"{label} batch {batch}, {steps} steps: {row}", flush=True)
-        del pipe, components, model, clip, vae
+    components, (model, clip, vae) = full_size_handles(kind, device, tiny)
+    parts = {**components, "scheduler": make_scheduler(model.family, "euler", "normal")}
+    if kind == "sdxl":
+        # diffusers keeps SDXL's VAE in fp16 and upcasts it for each decode; sdflow holds it in fp32.
         if cuda:
-            torch.cuda.empty_cache()
+            parts["vae"] = copy.deepcopy(components["vae"]).to(torch.float16)
+        pipe = diffusers.StableDiffusionXLPipeline(**{k: parts[k] for k in (
+            "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "scheduler")})
+    else:
+        pipe = diffusers.StableDiffusionPipeline(**{k: parts[k] for k in (
+            "vae", "text_encoder", "tokenizer", "unet", "scheduler")}, safety_checker=None,
+            feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    label = f"{'SD 1.5' if kind == 'sd1' else 'SDXL'} {size}x{size}"
+    for batch in batches:
+        params = Sample(seed=1, steps=steps, cfg=7.5)
+
+        def ours():
+            latent = sample(model, encode_text(clip, prompt), encode_text(clip, negative),
+                            empty_latent(size, size, batch), params)
+            return decode(vae, latent)
+
+        def theirs():
+            return pipe(prompt, negative_prompt=negative, height=size, width=size, num_inference_steps=steps,
+                        guidance_scale=7.5, num_images_per_prompt=batch,
+                        generator=[torch.Generator("cpu").manual_seed(1 + i) for i in range(batch)],
+                        output_type="np").images
+
+        row = measure({"sdflow": ours, "diffusers": theirs}, repeats, cuda)
+        row["ratio_sdflow_over_diffusers"] = round(row["sdflow"]["seconds"] / row["diffusers"]["seconds"], 3)
+        results[f"{label} batch {batch}"] = row
+        print(f"{label} batch {batch}, {steps} steps: {row}", flush=True)
     return results
 
 

@@ -31,7 +31,7 @@ class _PluginFailure(Exception):
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = _parser(with_settings=_command_of(argv) in ("run", "lock", "check"))
+    parser = _parser(with_settings=_command_of(argv) in ("run", "lock", "check", "replay"))
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
@@ -105,6 +105,9 @@ def _parser(with_settings: bool = False) -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print one JSON event per line on stdout")
     run.add_argument("--explain", action="store_true",
                      help="say for each stage why it ran or was reused (on stderr)")
+    run.add_argument("--profile", action="store_true",
+                     help="after the run, a table of each stage's seconds and memory (on stderr; "
+                          "with --json, the figures in each stage_done event too)")
     run.add_argument("--locked", action="store_true",
                      help="refuse to run unless the models are those FILE.lock pins (versions that differ: a warning)")
     if with_settings:
@@ -130,6 +133,22 @@ def _parser(with_settings: bool = False) -> argparse.ArgumentParser:
     plugins = sub.add_parser("plugins", help="list plugins, their versions and what they add")
     plugins.set_defaults(handler=_cmd_plugins)
 
+    replay = sub.add_parser("replay", help="render an image again from what it recorded; say if it is the same")
+    replay.add_argument("image", metavar="IMAGE.png")
+    _add_set(replay)
+    replay.add_argument("--output", default="output", metavar="DIR", help="folder for the new images (default ./output)")
+    if with_settings:
+        from sdflow.settings import add_arguments
+
+        add_arguments(replay, _registry(quiet=True))
+    replay.set_defaults(handler=_cmd_replay)
+
+    imp = sub.add_parser("import", help="make a recipe from an image or file of another tool (AUTOMATIC1111...)")
+    imp.add_argument("file", metavar="FILE")
+    imp.add_argument("--output", "-o", metavar="RECIPE", default=None,
+                     help="write the recipe here (a new file) instead of printing it")
+    imp.set_defaults(handler=_cmd_import)
+
     graph = sub.add_parser("graph", help="print a recipe's stage graph")
     graph.add_argument("file", metavar="FILE")
     graph.add_argument("--format", choices=("dot", "mermaid"), default="dot")
@@ -142,7 +161,7 @@ def _parser(with_settings: bool = False) -> argparse.ArgumentParser:
     diff.add_argument("--git", action="store_true",
                       help="act as git's diff driver: git config diff.sdflow.command 'sdflow diff --git'")
     diff.set_defaults(handler=_cmd_diff)
-    for command in (check, fmt, run, lock, graph, diff):
+    for command in (check, fmt, run, lock, graph, diff, replay):
         command.add_argument("--max-diagnostics", type=_count, default=MAX_SHOWN, metavar="N",
                              help=f"print at most N diagnostics of a recipe (default {MAX_SHOWN}; 0 for all)")
     for command in sub.choices.values():  # `sdflow check --strict-plugins ...` works too
@@ -405,7 +424,7 @@ def _cmd_run(args) -> int:
             return EXIT_DIAGNOSTICS
     versions = {name: info.version for name, info in registry.plugins.items()}
     executor = Executor(Events(json_stream=sys.stdout if args.json else None), plugin_versions=versions,
-                        explain=sys.stderr if args.explain else None)
+                        explain=sys.stderr if args.explain else None, profile=args.profile)
     with _interrupt_between_steps(executor):
         try:
             result = executor.run(graph, options)
@@ -415,6 +434,10 @@ def _cmd_run(args) -> int:
         except Interrupted:
             print("sdflow: interrupted; no partial file was written", file=sys.stderr)
             return 130
+    if args.profile:
+        from sdflow.profile import profile_table
+
+        print(profile_table(result.profile, result.seconds), file=sys.stderr)
     if not args.json:
         for path in result.files:
             print(path)
@@ -480,6 +503,107 @@ def _cmd_show(args) -> int:
     print("recipe:")
     print("    " + visible_lines(recipe.rstrip("\n")).replace("\n", "\n    "))
     return EXIT_OK
+
+
+def _cmd_replay(args) -> int:
+    """Render an image again (see :mod:`sdflow.replay`): exit 0 when it is
+    the same pixel for pixel (or when --set asked for a change), else 1."""
+    from sdflow.execute import Executor, Interrupted, RunError, RunOptions
+    from sdflow.pngtext import read_png_text
+    from sdflow.replay import FILE, changed_conditions, counterpart, pixel_difference, prepare
+    from sdflow.settings import SettingsError, resolve
+
+    image = Path(args.image)
+    try:
+        fields = read_png_text(image)
+    except FileNotFoundError:
+        raise _Usage(f"{image}: no such file") from None
+    except (ValueError, OSError) as err:
+        raise _Usage(f"{image}: {err}") from None
+    if "recipe" not in fields:
+        raise _Usage(f"{image}: no sdflow recipe in this image (sdflow import reads other tools' images)")
+    registry = _registry()
+    try:
+        settings = resolve(registry, args)
+    except SettingsError as err:
+        raise _Usage(str(err)) from None
+    options = RunOptions(output_dir=Path(args.output), recipe_dir=Path.cwd(), settings=settings)
+    executor = Executor(plugin_versions={name: info.version for name, info in registry.plugins.items()})
+    job = prepare(fields, _overrides(args.set), registry, executor, options)
+    print_diagnostics(job.diagnostics, {FILE: job.text}, sys.stderr, args.max_diagnostics)
+    if job.graph is None:
+        return EXIT_DIAGNOSTICS
+    for label, place in job.moved.items():
+        print(f"sdflow: {label} was found by its SHA-256 at {place}", file=sys.stderr)
+    with _interrupt_between_steps(executor):
+        try:
+            result = executor.run(job.graph, options)
+        except RunError as err:
+            print_diagnostics(err.diagnostics, {FILE: job.text}, sys.stderr, args.max_diagnostics)
+            return EXIT_DIAGNOSTICS
+        except Interrupted:
+            print("sdflow: interrupted; no partial file was written", file=sys.stderr)
+            return 130
+    for path in result.files:
+        print(path)
+    new = counterpart(fields, result.files)
+    if new is None:
+        print(f"sdflow: the replay wrote {len(result.files)} images and none stands where {image} did",
+              file=sys.stderr)
+        return EXIT_DIAGNOSTICS
+    difference = pixel_difference(image, new)
+    if difference == 0:
+        print(f"sdflow: {new} is {image} again, pixel for pixel", file=sys.stderr)
+        return EXIT_OK
+    what = "is another size" if difference is None else f"differs by up to {difference}/255 in a pixel"
+    print(f"sdflow: {new} {what} from {image}", file=sys.stderr)
+    conditions = changed_conditions(fields, read_png_text(new))
+    print("  recorded conditions that differ: " + ("; ".join(conditions) if conditions else "none"), file=sys.stderr)
+    return EXIT_OK if args.set else EXIT_DIAGNOSTICS
+
+
+def _cmd_import(args) -> int:
+    """An sdflow image gives its own recipe (its params written in); any
+    other file goes to the plugins' importers, the first that reads it
+    wins.  The recipe is formatted and checked."""
+    from sdflow.errors import StageError
+    from sdflow.format import format_recipe, with_param_defaults
+    from sdflow.graph import check
+    from sdflow.parse import parse
+    from sdflow.pngtext import read_png_text
+
+    path = Path(args.file)
+    if not path.is_file():
+        raise _Usage(f"{path}: no such file" if not path.exists() else f"{path}: not a regular file")
+    if args.output is not None and Path(args.output).exists():
+        raise _Usage(f"{args.output} exists; sdflow import never replaces a file: name a new one")
+    registry = _registry()
+    try:
+        fields = read_png_text(path)
+    except (ValueError, OSError):
+        fields = {}
+    text = with_param_defaults(fields["recipe"], _recorded_params(fields)) if "recipe" in fields else None
+    for importer in registry.importers.values() if text is None else ():
+        try:
+            text = importer.read(path)
+        except StageError as err:
+            raise _Usage(f"{path}: {err.message}" + (f" ({err.help})" if err.help else "")) from None
+        if text is not None:
+            break
+    if text is None:
+        kinds = ", ".join(["sdflow images", *registry.importers]) or "sdflow images"
+        raise _Usage(f"{path}: nothing sdflow can import here (it reads: {kinds})")
+    recipe, diagnostics = parse(text, args.output or "<imported>")
+    if not diagnostics:
+        text = format_recipe(recipe)
+        diagnostics = check(recipe, registry)[1]
+    if args.output is None:
+        print(text, end="")
+    else:
+        _write_atomic(Path(args.output), text)
+        print(args.output)
+    print_diagnostics(diagnostics, {args.output or "<imported>": text}, sys.stderr, MAX_SHOWN)
+    return EXIT_DIAGNOSTICS if any(d.is_error for d in diagnostics) else EXIT_OK
 
 
 def _recorded_params(text: dict[str, str]) -> dict:

@@ -152,6 +152,8 @@ def plugin_table(registry: Registry) -> str:
             lines.append(f"  port types: {', '.join(info.port_types)}")
         if info.stages:
             lines.append(f"  stages: {', '.join(sorted(info.stages))}")
+        if info.importers:
+            lines.append(f"  importers (sdflow import): {', '.join(info.importers)}")
         if info.settings is not None:
             lines.append("  settings:")
             lines += [f"    {line}" for line in describe_settings(info.settings)]

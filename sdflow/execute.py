@@ -34,6 +34,7 @@ from sdflow.errors import Interrupted, StageError
 from sdflow.graph import StageGraph, StageNode, upstream
 from sdflow.identity import file_sha256
 from sdflow.metadata import output_metadata
+from sdflow.profile import StageMeter, StageProfile
 from sdflow.text import visible
 
 
@@ -73,12 +74,14 @@ class RunOptions:
 
 @dataclass
 class RunResult:
-    """What a run did: the files written, the stages run and reused."""
+    """What a run did: the files written, the stages run and reused, and,
+    when the executor profiles, what each stage cost, in run order."""
 
     files: list[Path] = field(default_factory=list)
     ran: list[str] = field(default_factory=list)
     cached: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    profile: list[StageProfile] = field(default_factory=list)
 
 
 class Events:
@@ -350,15 +353,19 @@ class Executor:
 
     ``plugin_versions`` (plugin -> version) is what outputs record;
     ``explain`` is a stream that gets one line per stage saying why it ran
-    or was reused (``sdflow run --explain``).
+    or was reused (``sdflow run --explain``); ``profile`` measures each
+    stage's wall time and memory (:mod:`sdflow.profile`) into
+    ``RunResult.profile`` and its ``stage_done`` event (``sdflow run --profile``).
     """
 
     def __init__(self, events: Events | None = None, cache: CacheStore | None = None,
-                 plugin_versions: Mapping[str, str] | None = None, explain: TextIO | None = None):
+                 plugin_versions: Mapping[str, str] | None = None, explain: TextIO | None = None,
+                 profile: bool = False):
         self.events = events or Events()
         self.cache = cache if cache is not None else CacheStore()
         self.plugin_versions = dict(plugin_versions or {})
         self.explain = explain
+        self.profile = profile
         self.keys: dict[str, CacheKey] = {}  # each stage's key in the latest run
         self.previous: dict[str, CacheKey] = {}  # and in the run before that
         self.identities: dict[str, dict[str, str]] = {}
@@ -467,8 +474,9 @@ class Executor:
             self.result.cached.append(node.key)
             reason = self._reason(node, key, cached=True)
             self._explain(node, key, reason)
+            measured = self._measured(StageMeter() if self.profile else None, node, True, 0.0)
             self.events.emit("stage_done", stage=node.key, type=node.spec.id, cached=True, seconds=0.0,
-                             cache_key=key.digest[:16], reason=reason)
+                             cache_key=key.digest[:16], reason=reason, **measured)
             return cached.outputs
         reason = self._reason(node, key, cached=False)
         outputs = self._run_stage(ctx, node, inputs, key, reason)
@@ -517,6 +525,7 @@ class Executor:
         self.events.emit("stage_started", stage=node.key, type=node.spec.id, line=node.span.line)
         label = f"{node.key} ({node.spec.id})"
         self.events.status(f"{label} ...")
+        meter = StageMeter() if self.profile else None
         start = time.perf_counter()
         try:
             outputs = run(ctx, node.params, **inputs) or {}
@@ -535,9 +544,19 @@ class Executor:
                                         f"a bug in plugin '{node.spec.plugin}'")])
         seconds = time.perf_counter() - start
         self.events.status(f"{label} done in {seconds:.2f}s", final=True)
+        measured = self._measured(meter, node, False, seconds)
         self.events.emit("stage_done", stage=node.key, type=node.spec.id, cached=False, seconds=round(seconds, 3),
-                         cache_key=key.digest[:16], reason=reason)
+                         cache_key=key.digest[:16], reason=reason, **measured)
         return outputs
+
+    def _measured(self, meter: StageMeter | None, node: StageNode, cached: bool, seconds: float) -> dict[str, Any]:
+        """Keep the stage's profile row (when profiling) and return its
+        fields for ``stage_done``; nothing when not profiling."""
+        if meter is None:
+            return {}
+        row = meter.stop(node.key, node.spec.id, cached, seconds)
+        self.result.profile.append(row)
+        return row.event_fields()
 
 
 def _future_uses(graph: StageGraph) -> tuple[dict[str, str], dict[str, int]]:

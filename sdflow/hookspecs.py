@@ -60,3 +60,19 @@ def sdflow_stage_types(registry: PluginRegistry) -> None:
     diffusers): checking a recipe never does.  Returns nothing: it adds to
     ``registry``.
     """
+
+
+@hookspec
+def sdflow_importers(registry: PluginRegistry) -> None:
+    """Add readers of other tools' files with ``registry.add_importer(name,
+    read, doc)``, for ``sdflow import``.
+
+    ``read(path)`` returns a recipe's text made from the file at ``path``
+    (``sdflow import`` formats it), or None when the file holds nothing the
+    importer reads; for a file of its format that is broken it raises
+    ``StageError`` with what is wrong.  It may import what it needs
+    (Pillow...): it runs only for ``sdflow import``.  Called once per plugin
+    when the registry is built, after ``sdflow_stage_types``.  Returns
+    nothing: it adds to ``registry``.
+    """
+

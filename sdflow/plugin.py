@@ -15,6 +15,8 @@ change between versions, these names will not without notice::
 * :func:`setting` declares one field of a plugin's settings model.
 * :class:`RunContext` is what a run function receives: settings, progress
   and cancellation, file identity, what it resolved, output metadata.
+* :func:`literal` writes a value as a recipe literal (for an importer that
+  writes a recipe: ``sdflow_importers``).
 * :func:`ordinary_mode` is the permissions a file a stage writes should get
   (0666 less the umask; ``tempfile.mkstemp`` makes 0600).
 * :class:`StageError` is a failure the user can fix (shown at the stage's
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
     from sdflow.settings import setting
     from sdflow.declaration import Params, ParamWarning, StageType, stage
     from sdflow.files import ordinary_mode
+    from sdflow.format import literal
 
 # Each name is imported when first asked for (PEP 562), so that declaring
 # stages and checking a recipe never import the executor.
@@ -55,6 +58,7 @@ _WHERE = {
     "StageType": "sdflow.declaration",
     "stage": "sdflow.declaration",
     "ordinary_mode": "sdflow.files",
+    "literal": "sdflow.format",
 }
 
 

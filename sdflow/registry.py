@@ -114,6 +114,7 @@ class PluginInfo:
     stages: list[str] = field(default_factory=list)
     port_types: list[str] = field(default_factory=list)
     settings: type[BaseModel] | None = None
+    importers: list[str] = field(default_factory=list)
     error: str | None = None
     disabled: bool = False
 
@@ -148,6 +149,7 @@ class Registry:
         self.port_types: dict[str, PortType] = {}
         self.plugins: dict[str, PluginInfo] = {}
         self.settings: dict[str, SettingsSpec] = {}
+        self.importers: dict[str, Importer] = {}  # by name, in registration order
         self.problems: list[PluginProblem] = []
         self._short: dict[str, list[str]] = {}
 
@@ -182,6 +184,16 @@ class Registry:
     def _add(self, spec: StageSpec) -> None:
         self.stages[spec.qualified] = spec
         self._short.setdefault(spec.id, []).append(spec.qualified)
+
+
+@dataclass(frozen=True)
+class Importer:
+    """A reader of another tool's files (``sdflow import``)."""
+
+    name: str
+    plugin: str
+    read: Callable[[Any], str | None]
+    doc: str = ""
 
 
 class PluginRegistry:
@@ -232,6 +244,19 @@ class PluginRegistry:
             return
         self._registry.settings[self._plugin.name] = SettingsSpec(self._plugin.name, model)
         self._plugin.settings = model
+
+    def add_importer(self, name: str, read: Callable[[Any], str | None], doc: str = "") -> None:
+        """Add a reader of another tool's files for ``sdflow import``:
+        ``read(path)`` gives a recipe's text, or None when the file is not
+        of its kind (see :func:`sdflow.hookspecs.sdflow_importers`)."""
+        if not isinstance(name, str) or not name or not callable(read):
+            self._problem(f"importer {name!r}: a name and a function read(path) are needed")
+            return
+        if name in self._registry.importers:
+            self._problem(f"importer {name!r} is already added by plugin '{self._registry.importers[name].plugin}'")
+            return
+        self._registry.importers[name] = Importer(name, self._plugin.name, read, doc)
+        self._plugin.importers.append(name)
 
     def add_stages(self, source: Any) -> None:
         """Register every stage type (see :func:`sdflow.plugin.stage`) that a
@@ -463,7 +488,7 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-HOOK_ORDER = ("sdflow_port_types", "sdflow_settings", "sdflow_stage_types")
+HOOK_ORDER = ("sdflow_port_types", "sdflow_settings", "sdflow_stage_types", "sdflow_importers")
 
 
 def build_registry(

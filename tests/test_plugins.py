@@ -635,9 +635,42 @@ def hook_names() -> list[str]:
             if callable(value) and hasattr(value, f"{hookspecs.PROJECT}_spec")]
 
 
+class TomlImporter:
+    """A third-party importer: reads a recipe's params from a TOML file."""
+
+    @hookimpl
+    def sdflow_importers(self, registry):
+        def read(path):
+            import tomllib
+
+            from sdflow.plugin import literal
+
+            if Path(path).suffix != ".toml":
+                return None
+            values = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+            return "sdflow 1\n" + "".join(f"param {k} = {literal(v)}\n" for k, v in values.items())
+
+        registry.add_importer("toml", read, "params from a TOML table")
+        registry.add_importer("toml", read, "the same name again")
+
+
+def test_a_plugins_importer_is_found_and_reads_its_files(plugins, tmp_path):
+    with registered(plugins, ("tomlimport", TomlImporter())) as registry:
+        pass
+    importer = registry.importers["toml"]
+    assert (importer.plugin, importer.doc) == ("tomlimport", "params from a TOML table")
+    assert [str(p) for p in registry.problems] == [
+        "plugin 'tomlimport': importer 'toml' is already added by plugin 'tomlimport'"]
+    table = tmp_path / "x.toml"
+    table.write_text('prompt = "a \\"red\\" circle"\nsteps = 4\n')
+    assert importer.read(table) == 'sdflow 1\nparam prompt = "a \\"red\\" circle"\nparam steps = 4\n'
+    assert importer.read(tmp_path / "x.png") is None
+    assert registry.plugins["tomlimport"].importers == ["toml"]
+
+
 def test_every_hook_is_named_documented_implemented_and_tested():
     names = hook_names()
-    assert names == ["sdflow_port_types", "sdflow_settings", "sdflow_stage_types"]
+    assert names == ["sdflow_port_types", "sdflow_settings", "sdflow_stage_types", "sdflow_importers"]
     tested = set(re.findall(r"def (sdflow_\w+)\(", Path(__file__).read_text(encoding="utf-8")))
     for name in names:
         assert name.startswith("sdflow_")

@@ -45,3 +45,11 @@ def sdflow_stage_types(registry):
     from sdflow_diffusion import stages
 
     registry.add_stages(stages)
+
+
+@hookimpl
+def sdflow_importers(registry):
+    from sdflow_diffusion.images.a1111 import import_a1111
+
+    registry.add_importer("a1111", import_a1111, "AUTOMATIC1111's parameters text, in a PNG or a .txt (A1111, "
+                                                 "Forge, Fooocus in A1111 mode, stable-diffusion.cpp write it)")
