@@ -110,6 +110,27 @@ def _commit_of(path, given):
     return None
 
 
+def comfyui_record(path, commit):
+    """The ``comfyui`` field of a reference file: the checkout's commit, its
+    version and where it lives."""
+    try:
+        from comfyui_version import __version__ as version
+    except ImportError:
+        version = None
+    return {"commit": _commit_of(path, commit), "version": version,
+            "repository": "https://github.com/Comfy-Org/ComfyUI"}
+
+
+def write_cases(path, data):
+    """``data`` as JSON with its ``cases`` one a line, so that a change shows
+    as that case's line in a diff."""
+    with open(path, "w", encoding="utf-8") as f:
+        head = json.dumps({k: v for k, v in data.items() if k != "cases"}, ensure_ascii=False, indent=1)
+        f.write(head[:-2] + ',\n "cases": [\n')
+        f.write(",\n".join(json.dumps(case, ensure_ascii=False, separators=(",", ":")) for case in data["cases"]))
+        f.write("\n ]\n}\n")
+
+
 def _torchvision_importable():
     try:
         import torchvision  # noqa: F401

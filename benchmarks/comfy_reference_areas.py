@@ -31,13 +31,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import random
 import sys
 
-from comfy_reference import _commit_of, _install_torchvision_stand_in, _torchvision_importable
+from comfy_reference import comfyui_record, write_cases, _install_torchvision_stand_in, _torchvision_importable
 
 HAND_PICKED = [
     ([None, (4, 4, 0, 0)], [None]),
@@ -104,22 +103,13 @@ def main(argv=None):
         cases.append({"positive": [list(a) if a else None for a in positive],
                       "negative": [list(a) if a else None for a in negative],
                       "paired": _pair(comfy.samplers, positive, negative)})
-    try:
-        from comfyui_version import __version__ as version
-    except ImportError:
-        version = None
     data = {
-        "comfyui": {"commit": _commit_of(args.comfyui, args.commit), "version": version,
-                    "repository": "https://github.com/Comfy-Org/ComfyUI"},
+        "comfyui": comfyui_record(args.comfyui, args.commit),
         "environment": {"python": platform.python_version(), "torch": torch.__version__},
         "date": datetime.date.today().isoformat(),
         "cases": cases,
     }
-    with open(args.out, "w", encoding="utf-8") as f:  # one case a line
-        head = json.dumps({k: v for k, v in data.items() if k != "cases"}, indent=1)
-        f.write(head[:-2] + ',\n "cases": [\n')
-        f.write(",\n".join(json.dumps(case, separators=(",", ":")) for case in cases))
-        f.write("\n ]\n}\n")
+    write_cases(args.out, data)  # one case a line
 
 
 if __name__ == "__main__":

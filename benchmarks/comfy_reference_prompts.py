@@ -38,13 +38,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import sys
 import tempfile
 
-from comfy_reference import _commit_of, _install_torchvision_stand_in, _torchvision_importable
+from comfy_reference import comfyui_record, write_cases, _install_torchvision_stand_in, _torchvision_importable
 
 EMBEDDINGS = {"one": 1, "three": 3, "ten": 10}  # name: vectors, width 768
 PAIR = ("pair", 2)  # an SDXL embedding: clip_l and clip_g
@@ -165,24 +164,15 @@ def main(argv=None):
             if prompt in CLIP_G:
                 case["chunks_g"] = _chunks(torch, clip_g, prompt, names)
             cases.append(case)
-    try:
-        from comfyui_version import __version__ as version
-    except ImportError:
-        version = None
     data = {
-        "comfyui": {"commit": _commit_of(args.comfyui, args.commit), "version": version,
-                    "repository": "https://github.com/Comfy-Org/ComfyUI"},
+        "comfyui": comfyui_record(args.comfyui, args.commit),
         "environment": {"python": platform.python_version(), "torch": torch.__version__,
                         "transformers": transformers.__version__},
         "date": datetime.date.today().isoformat(),
         "embeddings": {**EMBEDDINGS, PAIR[0]: PAIR[1]},
         "cases": cases,
     }
-    with open(args.out, "w", encoding="utf-8") as f:  # one case a line: a change shows as that case's line
-        head = json.dumps({k: v for k, v in data.items() if k != "cases"}, ensure_ascii=False, indent=1)
-        f.write(head[:-2] + ',\n "cases": [\n')
-        f.write(",\n".join(json.dumps(case, ensure_ascii=False, separators=(",", ":")) for case in cases))
-        f.write("\n ]\n}\n")
+    write_cases(args.out, data)  # one case a line
 
 
 if __name__ == "__main__":
