@@ -10,12 +10,13 @@ from __future__ import annotations
 import torch
 
 from sdflow.plugin import StageError
-from sdflow_diffusion.settings import DiffusionSettings
 
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
-def resolve_device(settings: DiffusionSettings) -> tuple[torch.device, torch.dtype]:
+def resolve_device(settings) -> tuple[torch.device, torch.dtype]:
+    """The device and dtype of ``settings`` (the plugin's DiffusionSettings,
+    which imports this module for its ``resolved()``: not imported here)."""
     device = _device(settings.device)
     if settings.dtype == "auto":
         dtype = torch.float16 if device.type == "cuda" else torch.float32
