@@ -11,6 +11,16 @@ of every file in it (a file rewritten inside a diffusers folder changes it,
 though the folder's own mtime does not), and its identity the hash of its
 files' relative paths and hashes.
 
+A process also keeps what it hashed for the next ones: a file of at least
+1 MiB has its hash written under its stat signature in the user's cache
+folder (``$SDFLOW_CACHE_DIR``, else ``$XDG_CACHE_HOME/sdflow``, else
+``~/.cache/sdflow``; ``SDFLOW_HASH_CACHE=0`` turns it off), so that the
+first run on a new checkpoint pays one read and later runs none.  Each
+entry is one small file named by the signature's own hash and written
+whole under a temporary name then renamed, so processes that share the
+folder never see half an entry; one that cannot be read or written is
+ignored (the file is hashed again).
+
 A folder is often more than what reads it: a diffusers model beside notes,
 previews or other models.  A plugin that knows which of its files it reads
 names them (``files``), and only those are read.
@@ -31,6 +41,7 @@ from sdflow.errors import StageError
 
 _HASHES: dict[tuple, str] = {}
 BLOCK = 1 << 20
+DISK_MIN_BYTES = 1 << 20  # smaller files are hashed faster than their entry is read
 _SPECIAL = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
@@ -64,8 +75,53 @@ def file_sha256(path: Path | str | os.PathLike, verify: bool = False,
         return digest.hexdigest()
     key = _signature(path, info)
     if verify or key not in _HASHES:
-        _HASHES[key] = _hash_file(given, path)
+        cached = None if verify or info.st_size < DISK_MIN_BYTES else _disk_get(key)
+        _HASHES[key] = cached or _hash_file(given, path)
+        if cached is None and info.st_size >= DISK_MIN_BYTES:
+            _disk_put(key, _HASHES[key])
     return _HASHES[key]
+
+
+def cache_folder() -> Path | None:
+    """Where hashes are kept between processes (None: not kept)."""
+    if os.environ.get("SDFLOW_HASH_CACHE", "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    chosen = os.environ.get("SDFLOW_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "sdflow")
+    return Path(chosen) / "sha256"
+
+
+def _entry(key: tuple) -> Path | None:
+    folder = cache_folder()
+    return None if folder is None else folder / hashlib.sha256(repr(key).encode()).hexdigest()
+
+
+def _disk_get(key: tuple) -> str | None:
+    entry = _entry(key)
+    try:
+        text = entry.read_text(encoding="ascii").strip() if entry is not None else ""
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text if len(text) == 64 and all(c in "0123456789abcdef" for c in text) else None
+
+
+def _disk_put(key: tuple, digest: str) -> None:
+    import tempfile
+
+    entry = _entry(key)
+    if entry is None:
+        return
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=entry.parent, prefix=".", suffix=".tmp")
+    except OSError:  # a read-only or full cache folder: the hash is simply not kept
+        return
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as out:
+            out.write(digest + "\n")
+        os.replace(tmp, entry)
+    except OSError:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def _stat(given: Path, path: Path) -> os.stat_result:

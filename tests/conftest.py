@@ -11,6 +11,20 @@ import pytest
 from sdflow import registry
 
 
+@pytest.fixture(scope="session", autouse=True)
+def hash_cache_of_the_tests(tmp_path_factory):
+    """The tests keep file hashes in a folder of their own, not the user's cache."""
+    import os
+
+    previous = os.environ.get("SDFLOW_CACHE_DIR")
+    os.environ["SDFLOW_CACHE_DIR"] = str(tmp_path_factory.mktemp("sdflow-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("SDFLOW_CACHE_DIR", None)
+    else:
+        os.environ["SDFLOW_CACHE_DIR"] = previous
+
+
 @pytest.fixture(autouse=True)
 def only_the_built_in_plugin(monkeypatch):
     monkeypatch.setenv("SDFLOW_DISABLE_PLUGINS", "extras")

@@ -92,3 +92,62 @@ def test_the_pytest_fixture_registers_a_plugin_for_one_test(sdflow_plugins, tmp_
     registry = sdflow_plugins(("shouting", Shouting()), installed=False)
     result = run_recipe('sdflow 1\nloud = shout(text="hey")\nsay_it(text=loud)\n', registry, tmp_path)
     assert (tmp_path / "said.txt").read_text() == "HEY" and result.ran == ["loud", "say_it#1"]
+
+
+HASH_OF = """
+import sys
+from sdflow.identity import file_sha256
+print(file_sha256(sys.argv[1], verify=sys.argv[2] == "verify"))
+"""
+
+
+def hash_in_a_new_process(path, cache, verify=False, **env):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", HASH_OF, str(path), "verify" if verify else "cached"],
+                            capture_output=True, text=True, check=True,
+                            env={**os.environ, "SDFLOW_CACHE_DIR": str(cache), **env})
+    return result.stdout.strip()
+
+
+def test_a_large_files_hash_is_kept_for_the_next_process_under_its_stat_signature(tmp_path):
+    import hashlib
+
+    big = tmp_path / "model.safetensors"
+    big.write_bytes(os.urandom(2 << 20))
+    true = hashlib.sha256(big.read_bytes()).hexdigest()
+    cache = tmp_path / "cache"
+    assert hash_in_a_new_process(big, cache) == true
+    (entry,) = (cache / "sha256").iterdir()
+    assert entry.read_text() == true + "\n" and entry.stat().st_mode & 0o777 != 0
+    # The next process reads the entry instead of the file: shown by an entry made to lie.
+    entry.write_text("0" * 64 + "\n")
+    assert hash_in_a_new_process(big, cache) == "0" * 64
+    assert hash_in_a_new_process(big, cache, verify=True) == true  # what a lock or replay may ask for
+    # A change to the file (its ctime at least) is a new signature: hashed again, and kept.
+    os.utime(big)
+    assert hash_in_a_new_process(big, cache) == true
+    assert len(list((cache / "sha256").iterdir())) == 2
+
+
+def test_the_disk_cache_is_skipped_when_off_unwritable_or_unreadable(tmp_path):
+    import hashlib
+
+    big = tmp_path / "model.safetensors"
+    big.write_bytes(os.urandom(1 << 20))
+    true = hashlib.sha256(big.read_bytes()).hexdigest()
+    assert hash_in_a_new_process(big, tmp_path / "off", SDFLOW_HASH_CACHE="0") == true
+    assert not (tmp_path / "off").exists()
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the cache folder should be")
+    assert hash_in_a_new_process(big, blocked) == true
+    cache = tmp_path / "cache"
+    assert hash_in_a_new_process(big, cache) == true
+    (entry,) = (cache / "sha256").iterdir()
+    entry.write_text("not a hash")
+    assert hash_in_a_new_process(big, cache) == true
+    small = tmp_path / "small.txt"
+    small.write_text("small")
+    hash_in_a_new_process(small, tmp_path / "small-cache")
+    assert not (tmp_path / "small-cache").exists()  # under 1 MiB: hashed, not kept
