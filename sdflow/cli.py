@@ -108,6 +108,10 @@ def _parser(with_settings: bool = False) -> argparse.ArgumentParser:
     run.add_argument("--profile", action="store_true",
                      help="after the run, a table of each stage's seconds and memory (on stderr; "
                           "with --json, the figures in each stage_done event too)")
+    run.add_argument("--sweep", action="append", default=[], metavar="NAME=VALUES",
+                     help="run once per value: 1..8 (a range), 5,7.5 (a list); several --sweep: every combination")
+    run.add_argument("--zip", action="store_true", help="pair the --sweep axes value by value instead")
+    run.add_argument("--yes", action="store_true", help=f"run a sweep of more than {256} points")
     run.add_argument("--locked", action="store_true",
                      help="refuse to run unless the models are those FILE.lock pins (versions that differ: a warning)")
     if with_settings:
@@ -412,6 +416,9 @@ def _cmd_stages(args) -> int:
 def _cmd_run(args) -> int:
     from sdflow.execute import Events, Executor, Interrupted, RunError
 
+    if args.sweep:
+        return _cmd_sweep(args)
+
     registry = _registry()
     options = _run_options(registry, args, args.file)
     source, graph = _checked_graph(args)
@@ -440,6 +447,72 @@ def _cmd_run(args) -> int:
         print(profile_table(result.profile, result.seconds), file=sys.stderr)
     if not args.json:
         for path in result.files:
+            print(path)
+    return EXIT_OK
+
+
+def _cmd_sweep(args) -> int:
+    """``run --sweep``: every point checked, then run with one executor (see
+    :mod:`sdflow.sweep`), each point's images written as a run writes them,
+    and a labelled contact sheet beside them."""
+    import json
+
+    from sdflow.execute import Events, Executor, Interrupted, RunError
+    from sdflow.graph import UsageError, check_source
+    from sdflow.sweep import MAX_POINTS, SweepError, contact_sheets, label, parse_axis, points, write_sheet
+
+    try:
+        axes = [parse_axis(spec) for spec in args.sweep]
+        planned = points(axes, args.zip)
+    except SweepError as err:
+        raise _Usage(str(err)) from None
+    if len(planned) > MAX_POINTS and not args.yes:
+        raise _Usage(f"the sweep has {len(planned):,} points (more than {MAX_POINTS}); add --yes to run them all")
+    registry = _registry()
+    options = _run_options(registry, args, args.file)
+    read = _read(args.file)
+    base = _overrides(args.set)
+    graphs, failed = [], False
+    for number, point in enumerate(planned, start=1):
+        try:
+            _recipe, graph, diagnostics = check_source(read.text, args.file, registry, {**base, **point})
+        except UsageError as err:
+            raise _Usage(f"sweep point {number} ({label(point)}): {err}") from None
+        if graph is None:
+            print(f"sdflow: sweep point {number} of {len(planned)} ({label(point)}):", file=sys.stderr)
+            print_diagnostics(diagnostics, {args.file: read.text}, sys.stderr, args.max_diagnostics)
+            failed = True
+        graphs.append(graph)
+    if failed:
+        return EXIT_DIAGNOSTICS
+    versions = {name: info.version for name, info in registry.plugins.items()}
+    events = Events(json_stream=sys.stdout if args.json else None)
+    executor = Executor(events, plugin_versions=versions, explain=sys.stderr if args.explain else None)
+    firsts, written = [], []
+    with _interrupt_between_steps(executor):
+        for number, (point, graph) in enumerate(zip(planned, graphs), start=1):
+            events.emit("sweep_point", index=number, count=len(planned), point=point)
+            events.status(f"sweep point {number}/{len(planned)}: {label(point)}", final=True)
+            try:
+                result = executor.run(graph, options)
+            except RunError as err:
+                print(f"sdflow: sweep point {number} ({label(point)}):", file=sys.stderr)
+                print_diagnostics(err.diagnostics, {args.file: read.text}, sys.stderr, args.max_diagnostics)
+                return EXIT_DIAGNOSTICS
+            except Interrupted:
+                print(f"sdflow: interrupted at sweep point {number}; no partial file was written", file=sys.stderr)
+                return 130
+            firsts.append((point, next(iter(result.files), None)))
+            written += result.files
+    sweep = {"axes": {axis.name: list(axis.values) for axis in axes}, "zip": args.zip,
+             "points": [{"point": p, "file": str(f) if f else None} for p, f in firsts]}
+    for title, sheet in contact_sheets(axes, firsts, args.zip):
+        path = write_sheet(sheet, Path(args.output).resolve(), {"sdflow.sweep": json.dumps(sweep), "sdflow.sheet": title,
+                                                      "sdflow.recipe": read.text})
+        written.append(path)
+        events.emit("file_written", path=str(path))
+    if not args.json:
+        for path in written:
             print(path)
     return EXIT_OK
 

@@ -1,0 +1,75 @@
+"""run --sweep: every point checked before any runs, one executor for all
+(each model loaded once), each point's PNG with its own params, and a
+labelled contact sheet.  Through the CLI on the shipped default recipe."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cli import sdflow_cli
+from sdflow.cli import main
+from sdflow.pngtext import read_png_text
+from sdflow.sweep import SweepError, parse_axis, points
+
+EXAMPLE = str(Path(__file__).resolve().parent.parent / "examples" / "txt2img.sdflow")
+
+
+def test_axes_and_points():
+    assert parse_axis("seed=1..4").values == ("1", "2", "3", "4")
+    assert parse_axis("seed=10..4..3").values == ("10", "7", "4")
+    assert parse_axis("cfg=5, 7.5").values == ("5", "7.5")
+    axes = [parse_axis("seed=1..2"), parse_axis("cfg=5,7")]
+    assert points(axes, zipped=False) == [{"seed": "1", "cfg": "5"}, {"seed": "2", "cfg": "5"},
+                                          {"seed": "1", "cfg": "7"}, {"seed": "2", "cfg": "7"}]
+    assert points(axes, zipped=True) == [{"seed": "1", "cfg": "5"}, {"seed": "2", "cfg": "7"}]
+    for bad in ("seed", "seed=", "seed=1..x", "seed=1..5..0", "seed=1,,2"):
+        with pytest.raises(SweepError):
+            parse_axis(bad)
+    with pytest.raises(SweepError, match="one length"):
+        points([parse_axis("seed=1..3"), parse_axis("cfg=5,7")], zipped=True)
+    with pytest.raises(SweepError, match="twice"):
+        points([parse_axis("seed=1..3"), parse_axis("seed=5,7")], zipped=False)
+
+
+def test_a_sweep_writes_each_point_and_a_labelled_sheet(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["run", EXAMPLE, "--output", str(out), "--set", "steps=4",
+                 "--sweep", "seed=1..3", "--sweep", "cfg=2,4"]) == 0
+    printed = capsys.readouterr().out.split()
+    assert len(printed) == 7 and printed[-1].endswith("sweep_00001_.png")
+    params = [json.loads(read_png_text(Path(p))["params"]) for p in printed[:6]]
+    assert [(p["seed"], p["cfg"]) for p in params] == [(1, 2.0), (2, 2.0), (3, 2.0), (1, 4.0), (2, 4.0), (3, 4.0)]
+    assert all(p["steps"] == 4 for p in params)
+    sheet = Image.open(printed[-1])
+    assert sheet.size[0] > 3 * 64 and sheet.size[1] > 2 * 64  # three across, two down, and the labels
+    record = json.loads(read_png_text(Path(printed[-1]))["sweep"])
+    assert record["axes"] == {"seed": ["1", "2", "3"], "cfg": ["2", "4"]} and len(record["points"]) == 6
+    # A point is the run of its values alone, pixel for pixel.
+    assert main(["run", EXAMPLE, "--output", str(tmp_path / "alone"), "--set", "steps=4", "--set", "seed=2",
+                 "--set", "cfg=4"]) == 0
+    (alone,) = (tmp_path / "alone").iterdir()
+    assert np.array_equal(np.asarray(Image.open(alone)), np.asarray(Image.open(printed[4])))
+
+
+def test_a_bad_point_is_named_before_anything_runs(tmp_path):
+    result = sdflow_cli("run", EXAMPLE, "--output", str(tmp_path / "out"), "--sweep", "steps=4,0")
+    assert result.returncode == 1
+    assert "sweep point 2 of 2 (steps=0):" in result.stderr and "E402 'steps' must be at least 1" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_huge_sweep_is_refused_with_its_count_and_json_events_carry_the_point(tmp_path):
+    huge = sdflow_cli("run", EXAMPLE, "--sweep", "seed=1..1000", "--sweep", "cfg=1..1000")
+    assert huge.returncode == 2 and "the sweep has 1,000,000 points" in huge.stderr and "--yes" in huge.stderr
+    zipped = sdflow_cli("run", EXAMPLE, "--output", str(tmp_path / "out"), "--json", "--zip", "--set", "steps=2",
+                        "--sweep", "seed=1,2", "--sweep", "cfg=2,3")
+    assert zipped.returncode == 0, zipped.stderr
+    events = [json.loads(line) for line in zipped.stdout.splitlines()]
+    assert [e["point"] for e in events if e["event"] == "sweep_point"] == [{"seed": "1", "cfg": "2"},
+                                                                           {"seed": "2", "cfg": "3"}]
+    assert sum(e["event"] == "file_written" for e in events) == 3  # two points and the sheet
