@@ -667,9 +667,10 @@ def _cmd_import(args) -> int:
         kinds = ", ".join(["sdflow images", *registry.importers]) or "sdflow images"
         raise _Usage(f"{path}: nothing sdflow can import here (it reads: {kinds})")
     recipe, diagnostics = parse(text, args.output or "<imported>")
-    if not diagnostics:
+    if not diagnostics:  # checked as printed, so that a diagnostic points at the printed line
         text = format_recipe(recipe)
-        diagnostics = check(recipe, registry)[1]
+        recipe, diagnostics = parse(text, args.output or "<imported>")
+        diagnostics = diagnostics or check(recipe, registry)[1]
     if args.output is None:
         print(text, end="")
     else:

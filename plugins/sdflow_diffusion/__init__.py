@@ -50,6 +50,9 @@ def sdflow_stage_types(registry):
 @hookimpl
 def sdflow_importers(registry):
     from sdflow_diffusion.images.a1111 import import_a1111
+    from sdflow_diffusion.interchange.comfyui import import_comfyui
 
     registry.add_importer("a1111", import_a1111, "AUTOMATIC1111's parameters text, in a PNG or a .txt (A1111, "
                                                  "Forge, Fooocus in A1111 mode, stable-diffusion.cpp write it)")
+    registry.add_importer("comfyui", import_comfyui, "ComfyUI's workflows: API or UI format JSON, or a PNG ComfyUI "
+                                                     "saved (its prompt or workflow chunk)")
