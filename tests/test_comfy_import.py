@@ -29,18 +29,18 @@ DEFAULT_RECIPE = """\
 # Made by sdflow import from default_api.json (ComfyUI's API format).
 sdflow 1
 
-load_checkpoint = load_checkpoint(name="v1-5-pruned-emaonly.safetensors")
-empty_latent = empty_latent(width=512, height=512, batch=1)
-clip_text_encode = clip_text_encode(
-    clip=load_checkpoint.clip,
+ckpt = load_checkpoint(name="v1-5-pruned-emaonly.safetensors")
+latent = empty_latent(width=512, height=512, batch=1)
+positive = clip_text_encode(
+    clip=ckpt.clip,
     text="beautiful scenery nature glass bottle landscape, , purple galaxy bottle,",
 )
-clip_text_encode_2 = clip_text_encode(clip=load_checkpoint.clip, text="text, watermark")
-sample = sample(
-    model=load_checkpoint.model,
-    positive=clip_text_encode,
-    negative=clip_text_encode_2,
-    latent=empty_latent,
+negative = clip_text_encode(clip=ckpt.clip, text="text, watermark")
+denoised = sample(
+    model=ckpt.model,
+    positive=positive,
+    negative=negative,
+    latent=latent,
     seed=156680208700286,
     steps=20,
     cfg=8,
@@ -48,8 +48,8 @@ sample = sample(
     scheduler="normal",
     denoise=1,
 )
-vae_decode = vae_decode(latent=sample, vae=load_checkpoint.vae)
-save_image(image=vae_decode, prefix="ComfyUI")
+image = vae_decode(latent=denoised, vae=ckpt.vae)
+save_image(image=image, prefix="ComfyUI")
 """
 
 
@@ -128,18 +128,18 @@ def test_reroutes_primitive_nodes_notes_and_muted_nodes_are_resolved(tmp_path):
     ui_node(ui, 6)["title"], ui_node(ui, 7)["title"] = "Positive Prompt", "Negative Prompt"
     text = imported(write(tmp_path / "rerouted.json", ui))
     assert text.splitlines()[3:] == [
-        'load_checkpoint = load_checkpoint(name="v1-5-pruned-emaonly.safetensors")',
-        "empty_latent = empty_latent(width=512, height=512, batch=1)",
+        'ckpt = load_checkpoint(name="v1-5-pruned-emaonly.safetensors")',
+        "latent = empty_latent(width=512, height=512, batch=1)",
         "positive_prompt = clip_text_encode(",
-        "    clip=load_checkpoint.clip,",
+        "    clip=ckpt.clip,",
         '    text="beautiful scenery nature glass bottle landscape, , purple galaxy bottle,",',
         ")",
-        'negative_prompt = clip_text_encode(clip=load_checkpoint.clip, text="text, watermark")',
+        'negative_prompt = clip_text_encode(clip=ckpt.clip, text="text, watermark")',
         "main_sampler = sample(",
-        "    model=load_checkpoint.model,",
+        "    model=ckpt.model,",
         "    positive=positive_prompt,",
         "    negative=negative_prompt,",
-        "    latent=empty_latent,",
+        "    latent=latent,",
         "    seed=1234,",
         "    steps=20,",
         "    cfg=8,",
@@ -147,8 +147,8 @@ def test_reroutes_primitive_nodes_notes_and_muted_nodes_are_resolved(tmp_path):
         '    scheduler="normal",',
         "    denoise=1,",
         ")",
-        "vae_decode = vae_decode(latent=main_sampler, vae=load_checkpoint.vae)",
-        'save_image(image=vae_decode, prefix="ComfyUI")',
+        "image = vae_decode(latent=main_sampler, vae=ckpt.vae)",
+        'save_image(image=image, prefix="ComfyUI")',
     ]
 
 
@@ -179,22 +179,22 @@ LORA_ADVANCED = {
 def test_a_lora_and_two_advanced_samplers(tmp_path):
     text = imported(write(tmp_path / "lora.json", LORA_ADVANCED))
     for line in (
-        'load_checkpoint = load_checkpoint(name="sd15.safetensors")',
-        "load_lora = load_lora(\n    model=load_checkpoint.model,\n    clip=load_checkpoint.clip,\n"
+        'ckpt = load_checkpoint(name="sd15.safetensors")',
+        "load_lora = load_lora(\n    model=ckpt.model,\n    clip=ckpt.clip,\n"
         '    name="film_grain.safetensors",\n    strength_model=0.7,\n    strength_clip=0.5,\n)',
         "clip_set_last_layer = clip_set_last_layer(clip=load_lora.clip, stop_at_clip_layer=-2)",
         'positive = clip_text_encode(clip=clip_set_last_layer, text="a cat")',
         'negative = clip_text_encode(clip=clip_set_last_layer, text="")',
-        "empty_latent = empty_latent(width=768, height=512, batch=2)",
+        "latent = empty_latent(width=768, height=512, batch=2)",
         "base_pass = sample_advanced(\n    model=load_lora.model,\n    positive=positive,\n    negative=negative,\n"
-        "    latent=empty_latent,\n    add_noise=true,\n    seed=7,\n    steps=30,\n    cfg=6.5,\n"
+        "    latent=latent,\n    add_noise=true,\n    seed=7,\n    steps=30,\n    cfg=6.5,\n"
         '    sampler="dpmpp_2m",\n    scheduler="karras",\n    start_at_step=0,\n    end_at_step=20,\n'
         "    return_with_leftover_noise=true,\n)",
         "base_pass_2 = sample_advanced(\n    model=load_lora.model,\n    positive=positive,\n    negative=negative,\n"
         "    latent=base_pass,\n    add_noise=false,",
         "    return_with_leftover_noise=false,\n)",
-        "vae_decode = vae_decode(latent=base_pass_2, vae=load_checkpoint.vae)",
-        'save_image(image=vae_decode, prefix="lora/run")',
+        "image = vae_decode(latent=base_pass_2, vae=ckpt.vae)",
+        'save_image(image=image, prefix="lora/run")',
     ):
         assert line in text, line
 
@@ -298,5 +298,5 @@ def test_what_sdflow_does_otherwise_is_said_in_the_header(tmp_path):
         "# sdflow has no previews: PreviewImage is a save_image with prefix \"preview\".",
         "sdflow 1",
     ]
-    assert '    sampler="dpmpp_2m_sde",\n' in text and 'save_image(image=vae_decode, prefix="preview")\n' in text
+    assert '    sampler="dpmpp_2m_sde",\n' in text and 'save_image(image=image, prefix="preview")\n' in text
     assert "    positive=apply_controlnet.positive,\n    negative=apply_controlnet.negative,\n" in text

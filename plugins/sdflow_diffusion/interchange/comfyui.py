@@ -382,9 +382,21 @@ def _a_loop(left: set[str], needs: dict) -> list[str]:
     return loop + [loop[0]]
 
 
+# The names sdflow's own recipes give these stages, where no title names them.
+ROLES = {"load_checkpoint": "ckpt", "empty_latent": "latent", "sample": "denoised", "sample_advanced": "denoised",
+         "vae_decode": "image", "vae_encode": "encoded", "load_image": "picture"}
+
+
 def _names(stages: dict, order: list[str]) -> dict[str, str]:
     """Each stage's name (none for an output stage): its title in snake
-    case where the user gave one, else its stage type; made unique with _2, _3 ..."""
+    case where the user gave one, else its role (a prompt wired into a
+    sampler's positive or negative is ``positive`` or ``negative``; see
+    :data:`ROLES`), else its stage type; made unique with _2, _3 ..."""
+    fed: dict[str, list[str]] = {}  # a node -> the inputs its outputs feed
+    for node in stages.values():
+        for name, value in node["inputs"].items():
+            if _is_link(value):
+                fed.setdefault(str(value[0]), []).append(name)
     names, taken = {}, set()
     for key in order:
         node, mapping = stages[key], NODES[stages[key]["class_type"]]
@@ -392,7 +404,9 @@ def _names(stages: dict, order: list[str]) -> dict[str, str]:
             continue
         title = (node.get("_meta") or {}).get("title")
         base = _snake(title) if isinstance(title, str) and title not in (mapping.title, node["class_type"]) else ""
-        base = base or mapping.stage
+        role = next((name for name in fed.get(key, []) if name in ("positive", "negative")), None)
+        base = base or (role if mapping.stage.startswith("clip_text_encode") else None) \
+            or ROLES.get(mapping.stage, mapping.stage)
         name, count = base, 1
         while name in taken:
             count += 1
