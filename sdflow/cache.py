@@ -15,7 +15,11 @@ The policy (:class:`CacheStore`):
   holds them), the least recently used dropped first;
 * any other result lives only while the run that made it still has a stage
   that needs it, then it is dropped: a sweep over a hundred seeds keeps no
-  hundred latents alive.
+  hundred latents alive;
+* unless the store keeps *small* results (``keep_small``, what a sweep asks
+  for): one of at most ``SMALL_BYTES`` (an encoded prompt, a latent) stays
+  for the next runs, the ``SMALL_COUNT`` most recently used of them, so the
+  points of a sweep share the prompts they have in common.
 """
 
 from __future__ import annotations
@@ -71,20 +75,29 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+SMALL_BYTES = 1 << 20
+SMALL_COUNT = 64
+
+
 class CacheStore:
     """Stage results by key digest, kept by the policy above."""
 
-    def __init__(self, max_persistent: int = 4, max_bytes: int | None = None) -> None:
+    def __init__(self, max_persistent: int = 4, max_bytes: int | None = None, keep_small: bool = False) -> None:
         self.max_persistent = max_persistent
         self.max_bytes = max_bytes
+        self.keep_small = keep_small
         self._persistent: OrderedDict[str, Mapping[str, Any]] = OrderedDict()
         self._sizes: dict[str, int] = {}
         self._run: dict[str, Mapping[str, Any]] = {}
+        self._small: OrderedDict[str, Mapping[str, Any]] = OrderedDict()
 
     def get(self, digest: str) -> Mapping[str, Any] | None:
         if digest in self._persistent:
             self._persistent.move_to_end(digest)
             return self._persistent[digest]
+        if digest in self._small:
+            self._small.move_to_end(digest)
+            return self._small[digest]
         return self._run.get(digest)
 
     def put(self, digest: str, outputs: Mapping[str, Any], persistent: bool) -> None:
@@ -102,10 +115,17 @@ class CacheStore:
 
     def release(self, digest: str) -> None:
         """No remaining stage of this run needs the result: let it go
-        (a persistent one stays)."""
-        self._run.pop(digest, None)
+        (a persistent one stays; with ``keep_small``, a small one too)."""
+        outputs = self._run.pop(digest, None)
+        if outputs is not None and self.keep_small and nbytes(outputs) <= SMALL_BYTES:
+            self._small[digest] = outputs
+            self._small.move_to_end(digest)
+            while len(self._small) > SMALL_COUNT:
+                self._small.popitem(last=False)
 
     def end_run(self) -> None:
+        for digest in list(self._run):
+            self.release(digest)
         self._run.clear()
 
     @property
@@ -113,10 +133,10 @@ class CacheStore:
         return sum(self._sizes.values())
 
     def __contains__(self, digest: str) -> bool:
-        return digest in self._persistent or digest in self._run
+        return digest in self._persistent or digest in self._small or digest in self._run
 
     def __len__(self) -> int:
-        return len(self._persistent) + len(self._run)
+        return len(self._persistent) + len(self._small) + len(self._run)
 
 
 def nbytes(value: Any, _seen: set[int] | None = None, _depth: int = 0) -> int:

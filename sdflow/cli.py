@@ -457,6 +457,7 @@ def _cmd_sweep(args) -> int:
     and a labelled contact sheet beside them."""
     import json
 
+    from sdflow.cache import CacheStore
     from sdflow.execute import Events, Executor, Interrupted, RunError
     from sdflow.graph import UsageError, check_source
     from sdflow.sweep import MAX_POINTS, SweepError, contact_sheets, label, parse_axis, points, write_sheet
@@ -487,7 +488,9 @@ def _cmd_sweep(args) -> int:
         return EXIT_DIAGNOSTICS
     versions = {name: info.version for name, info in registry.plugins.items()}
     events = Events(json_stream=sys.stdout if args.json else None)
-    executor = Executor(events, plugin_versions=versions, explain=sys.stderr if args.explain else None)
+    # The points share what they have in common (an encoded prompt), not what is large (an image).
+    executor = Executor(events, cache=CacheStore(keep_small=True), plugin_versions=versions,
+                        explain=sys.stderr if args.explain else None)
     firsts, written = [], []
     with _interrupt_between_steps(executor):
         for number, (point, graph) in enumerate(zip(planned, graphs), start=1):

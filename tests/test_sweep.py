@@ -73,3 +73,15 @@ def test_a_huge_sweep_is_refused_with_its_count_and_json_events_carry_the_point(
     assert [e["point"] for e in events if e["event"] == "sweep_point"] == [{"seed": "1", "cfg": "2"},
                                                                            {"seed": "2", "cfg": "3"}]
     assert sum(e["event"] == "file_written" for e in events) == 3  # two points and the sheet
+
+
+def test_the_points_share_what_they_have_in_common(tmp_path):
+    """A sweep over the seed encodes the prompts once: from the second point
+    on their stages are reused; the sampler runs at every point."""
+    result = sdflow_cli("run", EXAMPLE, "--output", str(tmp_path / "out"), "--json", "--set", "steps=2",
+                        "--sweep", "seed=1..3")
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    done = [(e["stage"], e["cached"]) for e in events if e["event"] == "stage_done"]
+    assert [cached for stage, cached in done if stage == "positive"] == [False, True, True]
+    assert [cached for stage, cached in done if stage == "denoised"] == [False, False, False]
