@@ -486,6 +486,13 @@ def _cmd_sweep(args) -> int:
         graphs.append(graph)
     if failed:
         return EXIT_DIAGNOSTICS
+    if args.locked:  # each point's models must be the ones the lock pins
+        for number, (point, graph) in enumerate(zip(planned, graphs), start=1):
+            problems = _lock_problems(registry, args, args.file, read.text, graph)
+            if any(d.is_error for d in problems):
+                print(f"sdflow: sweep point {number} of {len(planned)} ({label(point)}):", file=sys.stderr)
+                print_diagnostics(problems, {args.file: read.text}, sys.stderr, args.max_diagnostics)
+                return EXIT_DIAGNOSTICS
     versions = {name: info.version for name, info in registry.plugins.items()}
     events = Events(json_stream=sys.stdout if args.json else None)
     # The points share what they have in common (an encoded prompt), not what is large (an image).

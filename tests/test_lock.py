@@ -112,3 +112,14 @@ def test_locking_a_recipe_whose_model_is_missing_is_an_error_at_the_stage(setup)
     result = sdflow_cli("lock", recipe.name, cwd=tmp_path)  # no --models-dir: tiny-sd1 is not found
     assert result.returncode == 1 and "tiny.sdflow:" in result.stderr and "not found" in result.stderr
     assert not (tmp_path / "tiny.sdflow.lock").exists()
+
+
+def test_a_locked_sweep_checks_every_points_models(setup):
+    tmp_path, recipe, models = setup
+    assert lock(tmp_path, recipe, models).returncode == 0
+    tiny_checkpoint(models / "checkpoints", "sd2")  # another model the sweep's second point names
+    result = sdflow_cli("run", "--locked", recipe.name, "--models-dir", str(models), "--output", "out",
+                        "--sweep", "checkpoint=tiny-sd1.safetensors,tiny-sd2.safetensors", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "sweep point 2 of 2 (checkpoint=tiny-sd2.safetensors):" in result.stderr
+    assert "E612 ckpt reads tiny-sd2.safetensors" in result.stderr and not (tmp_path / "out").exists()
