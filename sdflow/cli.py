@@ -282,7 +282,8 @@ def _cmd_check(args) -> int:
     return status
 
 
-def _run_options(registry, args, file: str):
+def _run_options(registry, args, recipe_dir: Path):
+    """How to run: the output folder, the recipe's folder, the plugins' settings from the command line."""
     from sdflow.execute import RunOptions
     from sdflow.settings import SettingsError, resolve
 
@@ -290,8 +291,11 @@ def _run_options(registry, args, file: str):
         settings = resolve(registry, args)
     except SettingsError as err:
         raise _Usage(str(err)) from None
-    return RunOptions(output_dir=Path(getattr(args, "output", "output")), recipe_dir=Path(file).resolve().parent,
-                      settings=settings)
+    return RunOptions(output_dir=Path(getattr(args, "output", "output")), recipe_dir=recipe_dir, settings=settings)
+
+
+def _folder_of(file: str) -> Path:
+    return Path(file).resolve().parent
 
 
 def _lock_of(registry, args, file: str, source: str, graph) -> dict:
@@ -300,8 +304,8 @@ def _lock_of(registry, args, file: str, source: str, graph) -> dict:
     from sdflow.lock import make_lock
 
     versions = {name: info.version for name, info in registry.plugins.items()}
-    return make_lock(graph, Executor(plugin_versions=versions), _run_options(registry, args, file), file, source,
-                     _overrides(args.set), versions)
+    options = _run_options(registry, args, _folder_of(file))
+    return make_lock(graph, Executor(plugin_versions=versions), options, file, source, _overrides(args.set), versions)
 
 
 def _lock_problems(registry, args, file: str, source: str, graph) -> list:
@@ -414,13 +418,13 @@ def _cmd_stages(args) -> int:
 
 
 def _cmd_run(args) -> int:
-    from sdflow.execute import Events, Executor, Interrupted, RunError
+    from sdflow.execute import Events, Executor
 
     if args.sweep:
         return _cmd_sweep(args)
 
     registry = _registry()
-    options = _run_options(registry, args, args.file)
+    options = _run_options(registry, args, _folder_of(args.file))
     source, graph = _checked_graph(args)
     if graph is None:
         return EXIT_DIAGNOSTICS
@@ -432,15 +436,9 @@ def _cmd_run(args) -> int:
     versions = {name: info.version for name, info in registry.plugins.items()}
     executor = Executor(Events(json_stream=sys.stdout if args.json else None), plugin_versions=versions,
                         explain=sys.stderr if args.explain else None, profile=args.profile)
-    with _interrupt_between_steps(executor):
-        try:
-            result = executor.run(graph, options)
-        except RunError as err:
-            print_diagnostics(err.diagnostics, {args.file: source}, sys.stderr, args.max_diagnostics)
-            return EXIT_DIAGNOSTICS
-        except Interrupted:
-            print("sdflow: interrupted; no partial file was written", file=sys.stderr)
-            return 130
+    result = _run_graph(executor, graph, options, {args.file: source}, args)
+    if isinstance(result, int):
+        return result
     if args.profile:
         from sdflow.profile import profile_table
 
@@ -458,7 +456,7 @@ def _cmd_sweep(args) -> int:
     import json
 
     from sdflow.cache import CacheStore
-    from sdflow.execute import Events, Executor, Interrupted, RunError
+    from sdflow.execute import Events, Executor
     from sdflow.graph import UsageError, check_source
     from sdflow.sweep import MAX_POINTS, SweepError, contact_sheets, label, parse_axis, points, write_sheet
 
@@ -470,7 +468,7 @@ def _cmd_sweep(args) -> int:
     if len(planned) > MAX_POINTS and not args.yes:
         raise _Usage(f"the sweep has {len(planned):,} points (more than {MAX_POINTS}); add --yes to run them all")
     registry = _registry()
-    options = _run_options(registry, args, args.file)
+    options = _run_options(registry, args, _folder_of(args.file))
     read = _read(args.file)
     base = _overrides(args.set)
     graphs, failed = [], False
@@ -499,21 +497,15 @@ def _cmd_sweep(args) -> int:
     executor = Executor(events, cache=CacheStore(keep_small=True), plugin_versions=versions,
                         explain=sys.stderr if args.explain else None)
     firsts, written = [], []
-    with _interrupt_between_steps(executor):
-        for number, (point, graph) in enumerate(zip(planned, graphs), start=1):
-            events.emit("sweep_point", index=number, count=len(planned), point=point)
-            events.status(f"sweep point {number}/{len(planned)}: {label(point)}", final=True)
-            try:
-                result = executor.run(graph, options)
-            except RunError as err:
-                print(f"sdflow: sweep point {number} ({label(point)}):", file=sys.stderr)
-                print_diagnostics(err.diagnostics, {args.file: read.text}, sys.stderr, args.max_diagnostics)
-                return EXIT_DIAGNOSTICS
-            except Interrupted:
-                print(f"sdflow: interrupted at sweep point {number}; no partial file was written", file=sys.stderr)
-                return 130
-            firsts.append((point, next(iter(result.files), None)))
-            written += result.files
+    for number, (point, graph) in enumerate(zip(planned, graphs), start=1):
+        events.emit("sweep_point", index=number, count=len(planned), point=point)
+        events.status(f"sweep point {number}/{len(planned)}: {label(point)}", final=True)
+        result = _run_graph(executor, graph, options, {args.file: read.text}, args,
+                            f"sweep point {number} ({label(point)})")
+        if isinstance(result, int):
+            return result
+        firsts.append((point, next(iter(result.files), None)))
+        written += result.files
     sweep = {"axes": {axis.name: list(axis.values) for axis in axes}, "zip": args.zip,
              "points": [{"point": p, "file": str(f) if f else None} for p, f in firsts]}
     for title, sheet in contact_sheets(axes, firsts, args.zip):
@@ -525,6 +517,25 @@ def _cmd_sweep(args) -> int:
         for path in written:
             print(path)
     return EXIT_OK
+
+
+def _run_graph(executor, graph, options, sources: dict[str, str], args, where: str = ""):
+    """``executor.run`` with Ctrl-C between steps and a run's errors printed
+    (after ``where``, a sweep point, when given): the RunResult, or the exit code."""
+    from sdflow.execute import Interrupted, RunError
+
+    with _interrupt_between_steps(executor):
+        try:
+            return executor.run(graph, options)
+        except RunError as err:
+            if where:
+                print(f"sdflow: {where}:", file=sys.stderr)
+            print_diagnostics(err.diagnostics, sources, sys.stderr, args.max_diagnostics)
+            return EXIT_DIAGNOSTICS
+        except Interrupted:
+            print(f"sdflow: interrupted{' at ' + where if where else ''}; no partial file was written",
+                  file=sys.stderr)
+            return 130
 
 
 class _interrupt_between_steps:
@@ -556,7 +567,7 @@ class _interrupt_between_steps:
 
 
 def _cmd_show(args) -> int:
-    from sdflow.format import with_param_defaults
+    from sdflow.metadata import recorded_recipe
     from sdflow.pngtext import read_png_text
     from sdflow.text import visible, visible_lines
 
@@ -574,7 +585,7 @@ def _cmd_show(args) -> int:
     if args.recipe:
         # The params as they were resolved (--set included) become the
         # defaults, so the recipe reproduces the image by itself.
-        recipe = with_param_defaults(recipe, _recorded_params(text))
+        recipe = recorded_recipe(text)
         # Piped to a file, the recipe is written as it was; on a terminal,
         # characters that could move the cursor or recolour it are escaped.
         shown = visible_lines(recipe) if sys.stdout.isatty() else recipe
@@ -591,10 +602,9 @@ def _cmd_show(args) -> int:
 def _cmd_replay(args) -> int:
     """Render an image again (see :mod:`sdflow.replay`): exit 0 when it is
     the same pixel for pixel (or when --set asked for a change), else 1."""
-    from sdflow.execute import Executor, Interrupted, RunError, RunOptions
+    from sdflow.execute import Executor
     from sdflow.pngtext import read_png_text
     from sdflow.replay import FILE, changed_conditions, counterpart, pixel_difference, prepare
-    from sdflow.settings import SettingsError, resolve
 
     image = Path(args.image)
     try:
@@ -606,11 +616,7 @@ def _cmd_replay(args) -> int:
     if "recipe" not in fields:
         raise _Usage(f"{image}: no sdflow recipe in this image (sdflow import reads other tools' images)")
     registry = _registry()
-    try:
-        settings = resolve(registry, args)
-    except SettingsError as err:
-        raise _Usage(str(err)) from None
-    options = RunOptions(output_dir=Path(args.output), recipe_dir=Path.cwd(), settings=settings)
+    options = _run_options(registry, args, Path.cwd())
     executor = Executor(plugin_versions={name: info.version for name, info in registry.plugins.items()})
     job = prepare(fields, _overrides(args.set), registry, executor, options)
     print_diagnostics(job.diagnostics, {FILE: job.text}, sys.stderr, args.max_diagnostics)
@@ -618,15 +624,9 @@ def _cmd_replay(args) -> int:
         return EXIT_DIAGNOSTICS
     for label, place in job.moved.items():
         print(f"sdflow: {label} was found by its SHA-256 at {place}", file=sys.stderr)
-    with _interrupt_between_steps(executor):
-        try:
-            result = executor.run(job.graph, options)
-        except RunError as err:
-            print_diagnostics(err.diagnostics, {FILE: job.text}, sys.stderr, args.max_diagnostics)
-            return EXIT_DIAGNOSTICS
-        except Interrupted:
-            print("sdflow: interrupted; no partial file was written", file=sys.stderr)
-            return 130
+    result = _run_graph(executor, job.graph, options, {FILE: job.text}, args)
+    if isinstance(result, int):
+        return result
     for path in result.files:
         print(path)
     new = counterpart(fields, result.files)
@@ -650,8 +650,9 @@ def _cmd_import(args) -> int:
     other file goes to the plugins' importers, the first that reads it
     wins.  The recipe is formatted and checked."""
     from sdflow.errors import StageError
-    from sdflow.format import format_recipe, with_param_defaults
+    from sdflow.format import format_recipe
     from sdflow.graph import check
+    from sdflow.metadata import recorded_recipe
     from sdflow.parse import parse
     from sdflow.pngtext import read_png_text
 
@@ -665,7 +666,7 @@ def _cmd_import(args) -> int:
         fields = read_png_text(path)
     except (ValueError, OSError):
         fields = {}
-    text = with_param_defaults(fields["recipe"], _recorded_params(fields)) if "recipe" in fields else None
+    text = recorded_recipe(fields) if "recipe" in fields else None
     for importer in registry.importers.values() if text is None else ():
         try:
             text = importer.read(path)
@@ -688,17 +689,6 @@ def _cmd_import(args) -> int:
         print(args.output)
     print_diagnostics(diagnostics, {args.output or "<imported>": text}, sys.stderr, MAX_SHOWN)
     return EXIT_DIAGNOSTICS if any(d.is_error for d in diagnostics) else EXIT_OK
-
-
-def _recorded_params(text: dict[str, str]) -> dict:
-    """The params an image recorded, or none where the field is missing or not a JSON object."""
-    import json
-
-    try:
-        params = json.loads(text.get("params", "{}"))
-    except ValueError:
-        return {}
-    return params if isinstance(params, dict) else {}
 
 
 def _cmd_plugins(args) -> int:

@@ -22,8 +22,9 @@ from typing import Any, Iterable, TextIO
 
 from sdflow import ast
 from sdflow.diagnostics import Diagnostic, print_diagnostics
-from sdflow.format import literal, with_param_defaults
+from sdflow.format import literal
 from sdflow.graph import StageGraph, UsageError, check, resolve_params, stage_keys
+from sdflow.metadata import recorded, recorded_recipe
 from sdflow.registry import Registry
 from sdflow.text import visible
 
@@ -144,20 +145,11 @@ def _image_side(path: str, label: str, registry: Registry) -> Side:
     if "recipe" not in text:
         raise UsageError(f"{path}: this PNG carries no sdflow metadata (it was not written by sdflow run),"
                          " so there is no recipe to compare")
-    recipe = with_param_defaults(text["recipe"], _json_object(text.get("params")), label)
-    record = {kind: _json_object(text[name]) for name, kind in RECORDED.items() if name in text}
+    recipe = recorded_recipe(text, label)
+    record = {kind: recorded(text, name) for name, kind in RECORDED.items() if name in text}
     if "stage_version" in record:
         record["stage_version"] = _stage_versions(record["stage_version"])
     return _recipe_side(recipe, label, registry, record)
-
-
-def _json_object(text: str | None) -> dict:
-    """A recorded field, or nothing where it is missing or not a JSON object."""
-    try:
-        value = json.loads(text or "{}")
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _stage_versions(stages: dict) -> dict[str, str]:

@@ -15,6 +15,25 @@ from typing import Any, Mapping
 PREFIX = "sdflow."
 
 
+def recorded(fields: Mapping[str, str], name: str) -> dict[str, Any]:
+    """The JSON field ``name`` of an output's metadata (as
+    :func:`sdflow.pngtext.read_png_text` gives it, keys without the prefix):
+    {} where it is missing or not a JSON object."""
+    try:
+        value = json.loads(fields.get(name) or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def recorded_recipe(fields: Mapping[str, str], file: str = "<recipe>") -> str:
+    """An output's recipe with the params it ran with (``--set`` included)
+    written in as the defaults: a recipe that makes it again by itself."""
+    from sdflow.format import with_param_defaults
+
+    return with_param_defaults(fields["recipe"], recorded(fields, "params"), file)
+
+
 def output_metadata(*, recipe: str, params: Mapping[str, Any],
                     files: Mapping[str, str], stages: Mapping[str, str], resolved: Mapping[str, Any],
                     versions: Mapping[str, str], paths: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -17,13 +17,13 @@ ran) are compared too, so that a difference comes with its likely reasons.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from sdflow.diagnostics import Diagnostic
-from sdflow.format import literal, with_param_defaults
+from sdflow.format import literal
+from sdflow.metadata import recorded, recorded_recipe
 
 FILE = "<replayed>"
 
@@ -40,22 +40,13 @@ class Prepared:
     diagnostics: list[Diagnostic] = field(default_factory=list)
 
 
-def recorded(fields: Mapping[str, str], name: str) -> dict[str, Any]:
-    """The JSON field ``name`` of an image's metadata ({} when absent or unreadable)."""
-    try:
-        value = json.loads(fields.get(name, "{}"))
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def prepare(fields: Mapping[str, str], overrides: Mapping[str, str], registry, executor, options) -> Prepared:
     """The recipe of an image's ``fields`` ready to run again, its models
     found by their recorded hashes (see the module's docs)."""
     from sdflow.execute import RunError
     from sdflow.graph import check_source
 
-    job = Prepared(with_param_defaults(fields["recipe"], recorded(fields, "params")), dict(overrides))
+    job = Prepared(recorded_recipe(fields), dict(overrides))
     _recipe, job.graph, job.diagnostics = check_source(job.text, FILE, registry, job.overrides)
     if job.graph is None:
         return job
