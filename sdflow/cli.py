@@ -159,13 +159,22 @@ def _parser(with_settings: bool = False) -> argparse.ArgumentParser:
     _add_set(graph)
     graph.set_defaults(handler=_cmd_graph)
 
+    export = sub.add_parser("export", help="write a recipe in another tool's format (ComfyUI's workflows...)")
+    export.add_argument("file", metavar="FILE")
+    export.add_argument("--format", required=True, metavar="FORMAT",
+                        help="the format, from a plugin: comfyui-api, comfyui-ui (sdflow plugins lists them)")
+    export.add_argument("--output", "-o", metavar="PATH", default=None,
+                        help="write it here (a new file) instead of printing it")
+    _add_set(export)
+    export.set_defaults(handler=_cmd_export)
+
     diff = sub.add_parser("diff", help="compare two recipes or images by meaning: params, stages, models, versions")
     diff.add_argument("files", nargs="+", metavar="FILE", help="two recipes or PNGs (with --git: git's arguments)")
     diff.add_argument("--json", action="store_true", help="print the differences as a JSON list")
     diff.add_argument("--git", action="store_true",
                       help="act as git's diff driver: git config diff.sdflow.command 'sdflow diff --git'")
     diff.set_defaults(handler=_cmd_diff)
-    for command in (check, fmt, run, lock, graph, diff, replay):
+    for command in (check, fmt, run, lock, graph, diff, replay, export):
         command.add_argument("--max-diagnostics", type=_count, default=MAX_SHOWN, metavar="N",
                              help=f"print at most N diagnostics of a recipe (default {MAX_SHOWN}; 0 for all)")
     for command in sub.choices.values():  # `sdflow check --strict-plugins ...` works too
@@ -705,6 +714,40 @@ def _cmd_graph(args) -> int:
     if graph is None:
         return EXIT_DIAGNOSTICS
     print(to_dot(graph) if args.format == "dot" else to_mermaid(graph), end="")
+    return EXIT_OK
+
+
+def _cmd_export(args) -> int:
+    """A recipe in a format a plugin writes (``sdflow_exporters``): every
+    stage it cannot write is a diagnostic at that stage's line."""
+    from sdflow.diagnostics import Diagnostic
+    from sdflow.errors import StageError
+    from sdflow.execute import stages_of
+
+    registry = _registry()
+    exporter = registry.exporters.get(args.format)
+    if exporter is None:
+        known = ", ".join(registry.exporters) or "none: no plugin adds one"
+        raise _Usage(f"--format {args.format}: no such format (the installed plugins write: {known})")
+    if args.output is not None and Path(args.output).exists():
+        raise _Usage(f"{args.output} exists; sdflow export never replaces a file: name a new one")
+    source, graph = _checked_graph(args)
+    if graph is None:
+        return EXIT_DIAGNOSTICS
+    try:
+        text = exporter.write(stages_of(graph))
+    except StageError as err:
+        problems = [Diagnostic("E630", f"{args.format} cannot express stage '{key}': {why}", graph.nodes[key].span,
+                               err.help) for key, why in err.stages.items() if key in graph.nodes]
+        if not problems:
+            raise _Usage(f"{args.file}: {err.message}" + (f" ({err.help})" if err.help else "")) from None
+        print_diagnostics(problems, {args.file: source}, sys.stderr, args.max_diagnostics)
+        return EXIT_DIAGNOSTICS
+    if args.output is None:
+        print(text, end="")
+    else:
+        _write_atomic(Path(args.output), text)
+        print(args.output)
     return EXIT_OK
 
 

@@ -103,7 +103,18 @@ def stage_detail(spec: StageSpec) -> str:
             lines.append(f"      {p.doc}")
     if not params:
         lines.append("  (none)")
+    if spec.comfyui:
+        lines += ["", "ComfyUI:"]
+        lines += [f"  {node.class_type}: " + "; ".join(part for part in (
+            _renamed("inputs", node.links), _renamed("widgets", node.params)) if part) for node in spec.comfyui]
     return "\n".join(lines)
+
+
+def _renamed(what: str, names: dict[str, str]) -> str:
+    """ComfyUI's names, each with sdflow's where it differs: ``latent_image (latent)``."""
+    if not names:
+        return ""
+    return f"{what} " + ", ".join(comfy if comfy == ours else f"{comfy} ({ours})" for comfy, ours in names.items())
 
 
 def stage_reference(registry: Registry) -> str:
@@ -116,8 +127,10 @@ def stage_reference(registry: Registry) -> str:
         out += [f"## Plugin `{plugin}` {info.version}", ""]
         for spec in sorted((s for s in registry.stages.values() if s.plugin == plugin), key=lambda s: s.id):
             kind = "output stage" if spec.output else "stage"
+            comfy = " or ".join(f"`{node.class_type}`" for node in spec.comfyui)
             out += [f"### `{_call_name(registry, spec)}`", "",
-                    f"*{kind} `{spec.qualified}`, version {spec.version}*", ""]
+                    f"*{kind} `{spec.qualified}`, version {spec.version}*"
+                    + (f"; ComfyUI: {comfy}" if comfy else ""), ""]
             if spec.doc:
                 out += [spec.doc, ""]
             for title, ports in (("Inputs", spec.inputs), ("Outputs", spec.outputs)):
@@ -154,6 +167,8 @@ def plugin_table(registry: Registry) -> str:
             lines.append(f"  stages: {', '.join(sorted(info.stages))}")
         if info.importers:
             lines.append(f"  importers (sdflow import): {', '.join(info.importers)}")
+        if info.exporters:
+            lines.append(f"  exporters (sdflow export --format): {', '.join(info.exporters)}")
         if info.settings is not None:
             lines.append("  settings:")
             lines += [f"    {line}" for line in describe_settings(info.settings)]

@@ -160,8 +160,25 @@ class Upstream:
     type: str  # its id
     params: Any  # the validated parameter model
     inputs: Mapping[str, tuple[str, str]]  # port -> (stage key, port)
-    files: Mapping[str, str]  # label -> SHA-256
-    records: Mapping[str, Any]
+    files: Mapping[str, str] = field(default_factory=dict)  # label -> SHA-256
+    records: Mapping[str, Any] = field(default_factory=dict)
+    name: str | None = None  # its name in the recipe (none for an output stage)
+    spec: Any = None  # its StageSpec: ports, declared ComfyUI nodes
+
+
+def stages_of(graph: StageGraph, keys: Iterable[str] | None = None) -> list[Upstream]:
+    """The stages that lead to ``keys`` (default: every output stage), in
+    the graph's run order, as :class:`Upstream` records with nothing yet
+    identified or recorded: what an exporter is handed."""
+    wanted = set(upstream(graph.nodes, list(keys if keys is not None else graph.order)))
+    return [_upstream(graph.nodes[key]) for key in graph.order if key in wanted]
+
+
+def _upstream(node: StageNode, files: Mapping[str, str] | None = None,
+              records: Mapping[str, Any] | None = None) -> Upstream:
+    return Upstream(node.key, node.spec.qualified, node.spec.id, node.params,
+                    {port: (c.stage, c.port) for port, c in node.inputs.items()},
+                    dict(files or {}), dict(records or {}), node.name, node.spec)
 
 
 class RunContext:
@@ -298,17 +315,19 @@ class RunContext:
         """What this stage and every stage it depends on recorded (nearest wins)."""
         return self._merged(self._executor.records)
 
-    def lineage(self) -> list[Upstream]:
-        """This stage and every stage it depends on, nearest first: each
-        one's key, type, validated parameters, inputs (port -> the stage key
+    def lineage(self, run_order: bool = False) -> list[Upstream]:
+        """This stage and every stage it depends on, nearest first (or in
+        the order they ran: ``run_order``): each one's key, name, type and
+        its declaration, validated parameters, inputs (port -> the stage key
         and port it comes from), the files it identified and what it
         recorded.  For an output that describes how it was made in another
         tool's terms (A1111's ``parameters``, a ComfyUI graph)."""
-        nodes = self._graph.nodes
-        return [Upstream(key, nodes[key].spec.qualified, nodes[key].spec.id, nodes[key].params,
-                         {port: (c.stage, c.port) for port, c in nodes[key].inputs.items()},
-                         dict(self._executor.identities.get(key, {})), dict(self._executor.records.get(key, {})))
-                for key in upstream(nodes, [self.key])]
+        nodes, keys = self._graph.nodes, upstream(self._graph.nodes, [self.key])
+        if run_order:
+            wanted = set(keys)
+            keys = [key for key in self._graph.order if key in wanted]
+        return [_upstream(nodes[key], self._executor.identities.get(key), self._executor.records.get(key))
+                for key in keys]
 
     def metadata(self, versions: Mapping[str, str] | None = None) -> dict[str, str]:
         """The text fields an output file carries to reproduce it (keys

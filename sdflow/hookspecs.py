@@ -76,3 +76,20 @@ def sdflow_importers(registry: PluginRegistry) -> None:
     nothing: it adds to ``registry``.
     """
 
+
+
+@hookspec
+def sdflow_exporters(registry: PluginRegistry) -> None:
+    """Add writers of recipes in other tools' formats with
+    ``registry.add_exporter(name, write, doc)``, for ``sdflow export
+    --format name``.
+
+    ``write(stages)`` gets a checked recipe's stages in run order, each an
+    :class:`~sdflow.execute.Upstream` (key, name, stage type and its
+    declaration as ``spec``, validated parameters, inputs) and returns the
+    text to write; for a recipe it cannot express it raises ``StageError``,
+    with ``stages`` mapping each stage key it cannot write to the reason.
+    It runs only for ``sdflow export`` (and when a stage calls it).
+    Called once per plugin when the registry is built, after
+    ``sdflow_importers``.  Returns nothing: it adds to ``registry``.
+    """

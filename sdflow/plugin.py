@@ -7,8 +7,10 @@ change between versions, these names will not without notice::
     from sdflow.plugin import Params, Port, StageError, hookimpl, setting, stage
 
 * :func:`hookimpl` marks the hook functions (see :mod:`sdflow.hookspecs`):
-  ``sdflow_port_types``, ``sdflow_settings``, ``sdflow_stage_types``.
-* :func:`stage` declares a stage type in one place, :class:`Params` is a
+  ``sdflow_port_types``, ``sdflow_settings``, ``sdflow_stage_types``,
+  ``sdflow_importers``, ``sdflow_exporters``.
+* :func:`stage` declares a stage type in one place (with :class:`ComfyNode`,
+  the ComfyUI node it stands for), :class:`Params` is a
   base for its parameter model (its ``warnings()`` returns
   :class:`ParamWarning`s shown at check time), :class:`Port` describes an
   input or output.
@@ -16,7 +18,8 @@ change between versions, these names will not without notice::
 * :class:`RunContext` is what a run function receives: settings, progress
   and cancellation, file identity, what it resolved, output metadata.
 * :func:`literal` writes a value as a recipe literal (for an importer that
-  writes a recipe: ``sdflow_importers``).
+  writes a recipe: ``sdflow_importers``); :func:`stages_of` gives a checked
+  recipe's stages as an exporter gets them (``sdflow_exporters``).
 * :func:`ordinary_mode` is the permissions a file a stage writes should get
   (0666 less the umask; ``tempfile.mkstemp`` makes 0600).
 * :class:`StageError` is a failure the user can fix (shown at the stage's
@@ -38,7 +41,8 @@ if TYPE_CHECKING:
     from sdflow.hookspecs import hookimpl
     from sdflow.registry import PluginRegistry, Port
     from sdflow.settings import setting
-    from sdflow.declaration import Params, ParamWarning, StageType, stage
+    from sdflow.declaration import ComfyNode, Params, ParamWarning, StageType, stage
+    from sdflow.execute import stages_of
     from sdflow.files import ordinary_mode
     from sdflow.format import literal
 
@@ -56,6 +60,8 @@ _WHERE = {
     "Params": "sdflow.declaration",
     "ParamWarning": "sdflow.declaration",
     "StageType": "sdflow.declaration",
+    "ComfyNode": "sdflow.declaration",
+    "stages_of": "sdflow.execute",
     "stage": "sdflow.declaration",
     "ordinary_mode": "sdflow.files",
     "literal": "sdflow.format",

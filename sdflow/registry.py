@@ -21,19 +21,21 @@ import sys
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from types import MappingProxyType
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import pluggy
 from pydantic import BaseModel
 
 from sdflow import hookspecs
-from sdflow.declaration import StageType, stage_types_in
+from sdflow.declaration import ComfyNode, StageType, comfy_nodes, stage_types_in
 
 ENTRY_POINT_GROUP = "sdflow"
 DISABLE_ENV = "SDFLOW_DISABLE_PLUGINS"
 TRACE_ENV = "SDFLOW_TRACE_PLUGINS"
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PORT_TYPE = re.compile(r"^[A-Z][A-Z0-9_]*$")
+_FORMAT = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +86,7 @@ class StageSpec:
     plugin: str
     run: Callable[..., Any] | str | None = None
     identify: Callable[..., Any] | str | None = None
+    comfyui: tuple[ComfyNode, ...] = ()  # the ComfyUI nodes it stands for
 
     @property
     def qualified(self) -> str:
@@ -115,6 +118,7 @@ class PluginInfo:
     port_types: list[str] = field(default_factory=list)
     settings: type[BaseModel] | None = None
     importers: list[str] = field(default_factory=list)
+    exporters: list[str] = field(default_factory=list)
     error: str | None = None
     disabled: bool = False
 
@@ -150,6 +154,7 @@ class Registry:
         self.plugins: dict[str, PluginInfo] = {}
         self.settings: dict[str, SettingsSpec] = {}
         self.importers: dict[str, Importer] = {}  # by name, in registration order
+        self.exporters: dict[str, Exporter] = {}  # by format name
         self.problems: list[PluginProblem] = []
         self._short: dict[str, list[str]] = {}
 
@@ -193,6 +198,16 @@ class Importer:
     name: str
     plugin: str
     read: Callable[[Any], str | None]
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class Exporter:
+    """A writer of a recipe in another tool's format (``sdflow export``)."""
+
+    name: str
+    plugin: str
+    write: Callable[[Any], str]
     doc: str = ""
 
 
@@ -258,6 +273,25 @@ class PluginRegistry:
         self._registry.importers[name] = Importer(name, self._plugin.name, read, doc)
         self._plugin.importers.append(name)
 
+    def add_exporter(self, name: str, write: Callable[[Any], str], doc: str = "") -> None:
+        """Add a writer of recipes in another tool's format for ``sdflow
+        export --format name``: ``write(stages)`` gives the text (see
+        :func:`sdflow.hookspecs.sdflow_exporters`)."""
+        if not isinstance(name, str) or not _FORMAT.match(name) or not callable(write):
+            self._problem(f"exporter {name!r}: a name (letters, digits, '-') and a function write(stages) are needed")
+            return
+        if name in self._registry.exporters:
+            self._problem(f"exporter {name!r} is already added by plugin '{self._registry.exporters[name].plugin}'")
+            return
+        self._registry.exporters[name] = Exporter(name, self._plugin.name, write, doc)
+        self._plugin.exporters.append(name)
+
+    @property
+    def stages(self) -> Mapping[str, StageSpec]:
+        """Every stage type registered so far, by full name (read only): an
+        importer reads the ComfyUI nodes they declare."""
+        return MappingProxyType(self._registry.stages)
+
     def add_stages(self, source: Any) -> None:
         """Register every stage type (see :func:`sdflow.plugin.stage`) that a
         module, a package of modules, or an iterable of them holds."""
@@ -276,7 +310,8 @@ class PluginRegistry:
                 declared.plugin = self.plugin_name  # so that ctx.call gives it its own plugin's settings
             self.add_stage(declared.name, params=declared.params, inputs=declared.inputs,
                            outputs=declared.outputs, output=declared.output, version=declared.version,
-                           doc=declared.doc, run=declared.run, identify=declared.identify)
+                           doc=declared.doc, run=declared.run, identify=declared.identify,
+                           comfyui=declared.comfyui)
 
     def add_stage(
         self,
@@ -290,21 +325,23 @@ class PluginRegistry:
         doc: str = "",
         run: Callable[..., Any] | str | None = None,
         identify: Callable[..., Any] | str | None = None,
+        comfyui: ComfyNode | Sequence[ComfyNode] | None = None,
     ) -> StageSpec | None:
         """Declare a stage type (the lower-level form of :func:`sdflow.plugin.stage`).
 
         ``params`` is a pydantic model of its literal arguments; ``inputs``
         and ``outputs`` map port names to port types (a type name or a
         :class:`Port`); ``output`` marks a stage that a recipe runs for;
-        ``version`` (default: the plugin's) is part of a result's cache key.
-        ``run`` and ``identify`` may be ``"module:function"`` strings, so that
+        ``version`` (default: the plugin's) is part of a result's cache key;
+        ``comfyui`` is the ComfyUI node (or nodes) it stands for. ``run`` and ``identify`` may be ``"module:function"`` strings, so that
         declaring imports nothing heavy; they are verified here, without
         importing the module.  A bad or duplicate stage type is recorded as
         a problem of this plugin and left out; the plugin's other stage types
         still register.
         """
         try:
-            spec = self._make_spec(id, params, inputs, outputs, output, version, doc, run, identify)
+            spec = self._make_spec(id, params, inputs, outputs, output, version, doc, run, identify,
+                                   comfy_nodes(comfyui))
             self._check(spec)
         except PluginError as exc:
             self._problem(str(exc), id if isinstance(id, str) else None)
@@ -313,7 +350,7 @@ class PluginRegistry:
         self._plugin.stages.append(id)
         return spec
 
-    def _make_spec(self, id, params, inputs, outputs, output, version, doc, run, identify) -> StageSpec:
+    def _make_spec(self, id, params, inputs, outputs, output, version, doc, run, identify, comfyui) -> StageSpec:
         try:
             inputs = {k: _port(v) for k, v in (inputs or {}).items()}
             outputs = {k: _port(v) for k, v in (outputs or {}).items()}
@@ -330,6 +367,7 @@ class PluginRegistry:
             plugin=self._plugin.name,
             run=run,
             identify=identify,
+            comfyui=comfyui,
         )
 
     def _check(self, spec: StageSpec) -> None:
@@ -352,10 +390,29 @@ class PluginRegistry:
                 raise PluginError(
                     f"stage type '{spec.id}': port '{name}' has unknown port type '{port.type}'"
                 )
+        for node in spec.comfyui:
+            problem = _comfy_problem(spec, node)
+            if problem:
+                raise PluginError(f"stage type '{spec.id}': its ComfyUI node {problem}")
         for role, target in (("run", spec.run), ("identify", spec.identify)):
             problem = reference_problem(target)
             if problem is not None:
                 raise PluginError(f"stage type '{spec.id}': its {role} function {problem}")
+
+
+def _comfy_problem(spec: StageSpec, node: Any) -> str | None:
+    """What is wrong with a stage type's ComfyUI node declaration, if anything:
+    every sdflow name it gives must be one of the stage's."""
+    if not isinstance(node, ComfyNode) or not isinstance(node.class_type, str) or not node.class_type:
+        return f"{node!r} is not a ComfyNode with a class_type"
+    wrong = [f"input {port!r}" for port in node.links.values() if port not in spec.inputs]
+    wrong += [f"parameter {name!r}" for name in [*node.params.values(), *node.values, *node.fixed]
+              if name not in spec.params.model_fields]
+    outputs = node.outputs.split() if node.outputs is not None else list(spec.outputs)
+    wrong += [f"output {name!r}" for name in outputs if name not in spec.outputs]
+    if wrong:
+        return f"{node.class_type} names no such {', '.join(wrong)}"
+    return None
 
 
 def _port(value: str | Port) -> Port:
@@ -488,7 +545,8 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-HOOK_ORDER = ("sdflow_port_types", "sdflow_settings", "sdflow_stage_types", "sdflow_importers")
+HOOK_ORDER = ("sdflow_port_types", "sdflow_settings", "sdflow_stage_types", "sdflow_importers",
+              "sdflow_exporters")
 
 
 def build_registry(

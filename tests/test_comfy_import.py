@@ -43,10 +43,10 @@ denoised = sample(
     latent=latent,
     seed=156680208700286,
     steps=20,
-    cfg=8,
+    cfg=8.0,
     sampler="euler",
     scheduler="normal",
-    denoise=1,
+    denoise=1.0,
 )
 image = vae_decode(latent=denoised, vae=ckpt.vae)
 save_image(image=image, prefix="ComfyUI")
@@ -142,10 +142,10 @@ def test_reroutes_primitive_nodes_notes_and_muted_nodes_are_resolved(tmp_path):
         "    latent=latent,",
         "    seed=1234,",
         "    steps=20,",
-        "    cfg=8,",
+        "    cfg=8.0,",
         '    sampler="euler",',
         '    scheduler="normal",',
-        "    denoise=1,",
+        "    denoise=1.0,",
         ")",
         "image = vae_decode(latent=main_sampler, vae=ckpt.vae)",
         'save_image(image=image, prefix="ComfyUI")',

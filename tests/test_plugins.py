@@ -9,6 +9,7 @@ distribution on ``sys.path`` declaring the ``sdflow`` group.
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import re
 import subprocess
@@ -668,9 +669,124 @@ def test_a_plugins_importer_is_found_and_reads_its_files(plugins, tmp_path):
     assert registry.plugins["tomlimport"].importers == ["toml"]
 
 
+class StageLister:
+    """A third-party exporter: a recipe as the list of its stage types."""
+
+    @hookimpl
+    def sdflow_exporters(self, registry):
+        def write(stages):
+            from sdflow.plugin import StageError
+
+            unnamed = {stage.key: "an output stage" for stage in stages if stage.name is None}
+            if len(unnamed) > 1:
+                raise StageError("one output only", stages=unnamed)
+            return "".join(f"{stage.key}: {stage.spec.qualified} {sorted(stage.inputs)}\n" for stage in stages)
+
+        registry.add_exporter("stage-list", write, "the stage types, one a line")
+        registry.add_exporter("Stage List", write)
+
+
+def test_a_plugins_exporter_is_found_and_writes_a_checked_recipe(plugins):
+    from sdflow.plugin import StageError, stages_of
+
+    with registered(plugins, ("lister", StageLister())) as registry:
+        pass
+    exporter = registry.exporters["stage-list"]
+    assert (exporter.plugin, exporter.doc) == ("lister", "the stage types, one a line")
+    assert [str(p) for p in registry.problems] == [
+        "plugin 'lister': exporter 'Stage List': a name (letters, digits, '-') and a function write(stages) "
+        "are needed"]
+    assert "  exporters (sdflow export --format): stage-list" in plugin_table(registry)
+    source = (ROOT / "examples" / "txt2img.sdflow").read_text()
+    _recipe, graph, _ = check_source(source, "txt2img.sdflow", registry)
+    assert exporter.write(stages_of(graph)).splitlines()[::6] == [
+        "ckpt: diffusion.load_checkpoint []", "save_image#1: diffusion.save_image ['image']"]
+    _recipe, graph, _ = check_source((ROOT / "examples" / "two_images.sdflow").read_text(), "two.sdflow", registry)
+    with pytest.raises(StageError) as raised:
+        exporter.write(stages_of(graph))
+    assert set(raised.value.stages) == {"save_image#1", "save_image#2"}
+
+
+COMFY_PLUGIN = """\
+from pydantic import BaseModel, ConfigDict, Field
+from sdflow import ComfyNode, hookimpl, stage
+
+
+class Load(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1)
+
+
+class Upscale(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    scale: float = Field(1.0, ge=1.0)
+
+
+@stage(params=Load, outputs={"upscale_model": "UPSCALE_MODEL"},
+       comfyui=ComfyNode("UpscaleModelLoader", widgets="model_name>name", title="Load Upscale Model"))
+def load_upscale_model(ctx, params, **_):
+    "Load an upscaling network."
+
+
+@stage(params=Upscale, inputs={"upscale_model": "UPSCALE_MODEL", "image": "IMAGE"}, outputs={"image": "IMAGE"},
+       comfyui=ComfyNode("ImageUpscaleWithModel", inputs="upscale_model image"))
+def upscale_image(ctx, params, **_):
+    "Upscale images with a network (at its own scale: ComfyUI's node has no other)."
+
+
+@stage(params=Upscale, inputs={"image": "IMAGE"}, outputs={"image": "IMAGE"},
+       comfyui=ComfyNode("ImageScaleBy", inputs="picture", widgets="scale_by>factor"))
+def mistaken(ctx, params, **_):
+    "A declaration naming what the stage does not have."
+
+
+@hookimpl
+def sdflow_port_types(registry):
+    registry.add_port_type("UPSCALE_MODEL", "an upscaling network")
+
+
+@hookimpl
+def sdflow_stage_types(registry):
+    registry.add_stages([load_upscale_model, upscale_image, mistaken])
+"""
+
+
+def test_a_plugins_stages_name_their_comfyui_nodes_for_import_and_export(site_packages, tmp_path):
+    """A third-party stage declares the ComfyUI node it stands for: sdflow
+    export writes that node, sdflow import reads it back; a declaration that
+    names what the stage lacks is the plugin's problem."""
+    (site_packages / "sdflow_upscalers.py").write_text(COMFY_PLUGIN)
+    fake_distribution(site_packages, "sdflow_upscalers", {"upscalers": "sdflow_upscalers"}, "1.0.0")
+    registry = build_registry(*plugin_manager())
+    assert [str(p) for p in registry.problems] == [
+        "plugin 'upscalers': stage type 'mistaken': its ComfyUI node ImageScaleBy names no such input 'picture', "
+        "parameter 'factor'"]
+    recipe = tmp_path / "upscale.sdflow"
+    recipe.write_text(UPSCALE_RECIPE.replace(", scale=4.0", ""))
+    result = sdflow_cli("export", str(recipe), "--format", "comfyui-api", pythonpath=site_packages)
+    assert result.returncode == 0, result.stderr
+    workflow = json.loads(result.stdout)
+    nodes = {node["class_type"]: (key, node["inputs"]) for key, node in workflow.items()}
+    loader, _ = nodes["UpscaleModelLoader"]
+    assert nodes["UpscaleModelLoader"][1] == {"model_name": "4x-UltraSharp.pth"}
+    assert nodes["ImageUpscaleWithModel"][1] == {"upscale_model": [loader, 0], "image": [nodes["VAEDecode"][0], 0]}
+    exported = tmp_path / "upscale.json"
+    exported.write_text(result.stdout)
+    back = sdflow_cli("import", str(exported), pythonpath=site_packages)
+    assert back.returncode == 0, back.stderr
+    assert 'upscaler = load_upscale_model(name="4x-UltraSharp.pth")' in back.stdout
+    assert "large = upscale_image(upscale_model=upscaler, image=image)" in back.stdout
+    recipe.write_text(UPSCALE_RECIPE)  # scale=4.0: ComfyUI's node has no input for it
+    result = sdflow_cli("export", str(recipe), "--format", "comfyui-api", pythonpath=site_packages)
+    assert result.returncode == 1
+    assert ("E630 comfyui-api cannot express stage 'large': ComfyUI's ImageUpscaleWithModel has no input for "
+            "scale=4.0") in result.stderr
+
+
 def test_every_hook_is_named_documented_implemented_and_tested():
     names = hook_names()
-    assert names == ["sdflow_port_types", "sdflow_settings", "sdflow_stage_types", "sdflow_importers"]
+    assert names == ["sdflow_port_types", "sdflow_settings", "sdflow_stage_types", "sdflow_importers",
+                     "sdflow_exporters"]
     tested = set(re.findall(r"def (sdflow_\w+)\(", Path(__file__).read_text(encoding="utf-8")))
     for name in names:
         assert name.startswith("sdflow_")

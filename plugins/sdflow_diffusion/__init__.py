@@ -49,10 +49,22 @@ def sdflow_stage_types(registry):
 
 @hookimpl
 def sdflow_importers(registry):
+    import functools
+
     from sdflow_diffusion.images.a1111 import import_a1111
     from sdflow_diffusion.interchange.comfyui import import_comfyui
 
     registry.add_importer("a1111", import_a1111, "AUTOMATIC1111's parameters text, in a PNG or a .txt (A1111, "
                                                  "Forge, Fooocus in A1111 mode, stable-diffusion.cpp write it)")
-    registry.add_importer("comfyui", import_comfyui, "ComfyUI's workflows: API or UI format JSON, or a PNG ComfyUI "
+    registry.add_importer("comfyui", functools.partial(import_comfyui, stages=registry.stages), "ComfyUI's workflows: API or UI format JSON, or a PNG ComfyUI "
                                                      "saved (its prompt or workflow chunk)")
+
+
+@hookimpl
+def sdflow_exporters(registry):
+    from sdflow_diffusion.interchange.comfyui_export import export_api, export_ui
+
+    registry.add_exporter("comfyui-api", export_api, "ComfyUI's API format: the JSON of its Export (API) and its "
+                                                     "/prompt endpoint")
+    registry.add_exporter("comfyui-ui", export_ui, "ComfyUI's UI format: the JSON of its Save and Load, laid out "
+                                                   "in columns")

@@ -8,7 +8,8 @@ The UI format is first turned into the API format, as ComfyUI's frontend
 does when it queues a prompt: widget values named, links followed through
 Reroute nodes and bypassed nodes, PrimitiveNode values written in, notes and
 muted nodes left out.  Then each node becomes the stage that stands for it
-(``comfy_nodes.py``), in an order where every input is defined first.
+(the ComfyUI nodes the stage types declare), in an order where every input
+is defined first.
 """
 
 from __future__ import annotations
@@ -19,16 +20,17 @@ import re
 from pathlib import Path
 
 from sdflow_diffusion.interchange.comfy_nodes import (
-    CONTROL, CONTROL_VALUES, EXTRA, NODES, NOTES, PRIMITIVE_NODE, PRIMITIVES, REROUTE)
+    CONTROL, CONTROL_VALUES, EXTRA, NOTES, PRIMITIVE_NODE, PRIMITIVES, REROUTE, NodeMap, node_table)
 
 MAX_BYTES = 64 * 2**20  # a workflow is kilobytes; a larger file is not one
 MUTED, BYPASSED = 2, 4  # a UI node's mode: never run, or passed through
 RESERVED = frozenset({"param", "true", "false", "require", "sdflow"})
 
 
-def import_comfyui(path) -> str | None:
+def import_comfyui(path, stages) -> str | None:
     """``sdflow import``'s reader of ComfyUI workflows: a ``.json`` file in
-    the API or UI format, or a PNG ComfyUI saved; None for any other file."""
+    the API or UI format, or a PNG ComfyUI saved; None for any other file.
+    ``stages`` are the registered stage types, whose ComfyUI nodes it reads."""
     path = Path(path)
     found = _png_workflow(path)
     if found is None:
@@ -36,8 +38,9 @@ def import_comfyui(path) -> str | None:
     if found is None:
         return None
     kind, data, where = found
-    nodes = data if kind == "API" else from_ui(data)
-    return recipe(nodes, f"{path.name} ({where}ComfyUI's {kind} format)")
+    table = node_table(stages)
+    nodes = data if kind == "API" else from_ui(data, table)
+    return recipe(nodes, f"{path.name} ({where}ComfyUI's {kind} format)", table)
 
 
 def _png_workflow(path: Path):
@@ -114,7 +117,7 @@ def _json_type(value) -> str:
 # -- the UI format, as the API format -------------------------------------------
 
 
-def from_ui(workflow: dict) -> dict:
+def from_ui(workflow: dict, table: dict[str, NodeMap]) -> dict:
     """The API format of a UI-format workflow: each node's widget values by
     name, its links as ``[source id, output index]``, through Reroute and
     bypassed nodes; PrimitiveNode values written in; notes and muted nodes
@@ -131,23 +134,23 @@ def from_ui(workflow: dict) -> dict:
         if not isinstance(node.get("type"), str):
             raise StageError(f"node {node['id']} has no type (class_type)")
         by_id[str(node["id"])] = node
-    table = {}
+    linked = {}
     for link in links:
         if isinstance(link, dict):
             link = [link.get(key) for key in ("id", "origin_id", "origin_slot", "target_id", "target_slot")]
         if not isinstance(link, list) or len(link) < 5:
             raise StageError(f"a link is not [id, origin, slot, target, slot, type]: {json.dumps(link)[:80]}")
-        table[link[0]] = (str(link[1]), link[2])
+        linked[link[0]] = (str(link[1]), link[2])
     api = {}
     for key, node in by_id.items():
         if node["type"] in NOTES or node["type"] in (REROUTE, PRIMITIVE_NODE) or node.get("mode") in (MUTED, BYPASSED):
             continue
-        inputs = _widget_values(node)
+        inputs = _widget_values(node, table)
         for slot in node.get("inputs") or []:
             if not isinstance(slot, dict) or slot.get("link") is None:
                 continue
             name = (slot.get("widget") or {}).get("name") or slot.get("name")
-            source = _follow(slot["link"], key, name, table, by_id)
+            source = _follow(slot["link"], key, name, linked, by_id)
             if source is not None:
                 inputs[name] = source
             else:
@@ -158,10 +161,10 @@ def from_ui(workflow: dict) -> dict:
     return api
 
 
-def _widget_values(node: dict) -> dict:
+def _widget_values(node: dict, table: dict[str, NodeMap]) -> dict:
     """A node's widget values by input name (the UI keeps them in a list,
     in the order of the node's widget inputs, a seed's control value after it)."""
-    mapping, values = NODES.get(node["type"]), node.get("widgets_values")
+    mapping, values = table.get(node["type"]), node.get("widgets_values")
     if mapping is None or not values:
         return {}
     if isinstance(values, dict):
@@ -227,7 +230,7 @@ def _passed_through(node: dict, slot) -> int | None:
 # -- the API format, as a recipe ------------------------------------------------
 
 
-def recipe(nodes: dict, source: str) -> str:
+def recipe(nodes: dict, source: str, table: dict[str, NodeMap]) -> str:
     """The recipe of an API-format workflow; StageError for a broken one or
     one with nodes sdflow has no stage for."""
     from sdflow.plugin import StageError, literal
@@ -236,32 +239,33 @@ def recipe(nodes: dict, source: str) -> str:
     _write_in_primitives(nodes)
     stages = {key: node for key, node in nodes.items() if node["class_type"] not in PRIMITIVES | NOTES}
     unknown = [f"{key} ({node['class_type']})" for key, node in sorted(stages.items(), key=_by_id)
-               if node["class_type"] not in NODES]
+               if node["class_type"] not in table]
     if unknown:
         raise StageError(f"nodes sdflow has no stage for: {', '.join(unknown)}",
                          "a plugin may provide them (sdflow stages lists what is installed); "
                          "or replace them in ComfyUI with built-in nodes")
     order = _topological(stages)
-    names = _names(stages, order)
+    names = names_of(stages, order, table)
     notes: list[str] = []
     lines = []
     for key in order:
-        node, mapping = stages[key], NODES[stages[key]["class_type"]]
+        node, mapping = stages[key], table[stages[key]["class_type"]]
         args = []
         inputs = node["inputs"]
         for comfy, port in mapping.links.items():
             if inputs.get(comfy) is not None:
-                args.append(f"{port}={_value(inputs[comfy], key, comfy, stages, names)}")
+                args.append(f"{port}={_value(inputs[comfy], key, comfy, stages, names, table)}")
         for comfy, param in mapping.params.items():
             if comfy in inputs and inputs[comfy] is not None:
                 value = inputs[comfy]
                 if not _is_link(value):
-                    value = mapping.values.get(param, lambda v: v)(value)
+                    value = _typed(mapping.spec, param, mapping.to_sdflow(param, value))
                     value = _sampler(value, notes) if param == "sampler" else value
-                args.append(f"{param}={_value(value, key, comfy, stages, names)}")
-        args += [f"{param}={literal(value)}" for param, value in mapping.fixed.items()]
-        if mapping.note and f"{mapping.note}." not in notes:
-            notes.append(f"{mapping.note}.")
+                args.append(f"{param}={_value(value, key, comfy, stages, names, table)}")
+        args += [f"{param}={literal(value)}" for param, value in mapping.node.fixed.items()]
+        note = mapping.node.note
+        if note and f"{note}." not in notes:
+            notes.append(f"{note}.")
         left_out = [name for name in inputs if name not in mapping.links and name not in mapping.params
                     and EXTRA + name not in mapping.widgets]
         if left_out:
@@ -281,6 +285,15 @@ def _statement(name: str | None, stage: str, args: list[str]) -> str:
     if len(one_line) <= 88 or not args:
         return one_line
     return "\n".join([call, *(f"    {arg}," for arg in args), ")"])
+
+
+def _typed(spec, param: str, value):
+    """A whole number where the parameter is a float written as one (ComfyUI
+    writes cfg 8 as 8): the recipe reads as sdflow writes it, and exports back."""
+    annotation = str(spec.params.model_fields[param].annotation)
+    if isinstance(value, int) and not isinstance(value, bool) and "float" in annotation and "int" not in annotation:
+        return float(value)
+    return value
 
 
 def _sampler(value, notes: list[str]):
@@ -387,7 +400,7 @@ ROLES = {"load_checkpoint": "ckpt", "empty_latent": "latent", "sample": "denoise
          "vae_decode": "image", "vae_encode": "encoded", "load_image": "picture"}
 
 
-def _names(stages: dict, order: list[str]) -> dict[str, str]:
+def names_of(stages: dict, order: list[str], table: dict[str, NodeMap]) -> dict[str, str]:
     """Each stage's name (none for an output stage): its title in snake
     case where the user gave one, else its role (a prompt wired into a
     sampler's positive or negative is ``positive`` or ``negative``; see
@@ -399,14 +412,14 @@ def _names(stages: dict, order: list[str]) -> dict[str, str]:
                 fed.setdefault(str(value[0]), []).append(name)
     names, taken = {}, set()
     for key in order:
-        node, mapping = stages[key], NODES[stages[key]["class_type"]]
+        node, mapping = stages[key], table[stages[key]["class_type"]]
         if not mapping.outputs:
             continue
         title = (node.get("_meta") or {}).get("title")
         base = _snake(title) if isinstance(title, str) and title not in (mapping.title, node["class_type"]) else ""
         role = next((name for name in fed.get(key, []) if name in ("positive", "negative")), None)
-        base = base or (role if mapping.stage.startswith("clip_text_encode") else None) \
-            or ROLES.get(mapping.stage, mapping.stage)
+        base = base or (role if mapping.spec.id.startswith("clip_text_encode") else None) \
+            or ROLES.get(mapping.spec.id, mapping.spec.id)
         name, count = base, 1
         while name in taken:
             count += 1
@@ -424,13 +437,13 @@ def _snake(title: str) -> str:
     return f"{text}_stage" if text in RESERVED else text
 
 
-def _value(value, key: str, name: str, stages: dict, names: dict) -> str:
+def _value(value, key: str, name: str, stages: dict, names: dict, table: dict[str, NodeMap]) -> str:
     """An argument: a reference for a link, else the value as a literal."""
     from sdflow.plugin import StageError, literal
 
     if _is_link(value):
         source, index = str(value[0]), value[1]
-        outputs = NODES[stages[source]["class_type"]].outputs
+        outputs = table[stages[source]["class_type"]].outputs
         if not 0 <= index < len(outputs):
             raise StageError(f"node {key}'s input {name!r} takes output {index} of node {source} "
                              f"({stages[source]['class_type']}), which has {len(outputs)}")

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from sdflow.plugin import Params, Port, stage
+from sdflow.plugin import ComfyNode, Params, Port, stage
 
 
 class LoadCheckpoint(Params):
@@ -29,6 +29,7 @@ class LoadCheckpoint(Params):
         "clip": Port("CLIP", "the text encoder"),
         "vae": Port("VAE", "the autoencoder"),
     },
+    comfyui=ComfyNode("CheckpointLoaderSimple", widgets="ckpt_name>name", title="Load Checkpoint"),
 )
 def load_checkpoint(ctx, params: LoadCheckpoint) -> dict:
     """Load a Stable Diffusion checkpoint (SD 1.x, SD 2.x, SDXL or the SDXL refiner): a single

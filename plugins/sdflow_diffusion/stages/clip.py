@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from sdflow.plugin import Params, Port, stage
+from sdflow.plugin import ComfyNode, Params, Port, stage
 
 
 class ClipSetLastLayer(Params):
@@ -19,6 +19,7 @@ class ClipSetLastLayer(Params):
     params=ClipSetLastLayer,
     inputs={"clip": Port("CLIP", "the text encoder")},
     outputs={"clip": Port("CLIP", "the same text encoder, stopping at that layer")},
+    comfyui=ComfyNode("CLIPSetLastLayer", inputs="clip", widgets="stop_at_clip_layer", title="CLIP Set Last Layer"),
 )
 def clip_set_last_layer(ctx, params: ClipSetLastLayer, clip) -> dict:
     """Make prompts encode with an earlier layer of CLIP (A1111's "clip skip": -2 is clip skip 2).
@@ -62,6 +63,8 @@ class ClipTextEncodeSdxl(Params):
     params=ClipTextEncodeSdxl,
     inputs={"clip": Port("CLIP", "an SDXL base model's text encoders")},
     outputs={"conditioning": Port("CONDITIONING", "the encoded prompts, with the sizes")},
+    comfyui=ComfyNode("CLIPTextEncodeSDXL", inputs="clip",
+                      widgets="width height crop_w crop_h target_width target_height text_g text_l"),
 )
 def clip_text_encode_sdxl(ctx, params: ClipTextEncodeSdxl, clip) -> dict:
     """Encode SDXL's two prompts separately, with the size and crop SDXL is conditioned on.
@@ -98,6 +101,7 @@ class ClipTextEncodeSdxlRefiner(Params):
     params=ClipTextEncodeSdxlRefiner,
     inputs={"clip": Port("CLIP", "the SDXL refiner's text encoder")},
     outputs={"conditioning": Port("CONDITIONING", "the encoded prompt, with its score and size")},
+    comfyui=ComfyNode("CLIPTextEncodeSDXLRefiner", inputs="clip", widgets="ascore width height text"),
 )
 def clip_text_encode_sdxl_refiner(ctx, params: ClipTextEncodeSdxlRefiner, clip) -> dict:
     """Encode a prompt for the SDXL refiner with the aesthetic score and size it is conditioned on.

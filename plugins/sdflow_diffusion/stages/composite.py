@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from sdflow.plugin import Params, Port, stage
+from sdflow.plugin import ComfyNode, Params, Port, stage
 
 
 class ImageComposite(Params):
@@ -22,6 +22,7 @@ class ImageComposite(Params):
                              "the source; none: all of it", optional=True),
     },
     outputs={"image": Port("IMAGE", "the destination with the source on it")},
+    comfyui=ComfyNode("ImageCompositeMasked", inputs="destination source mask", widgets="x y resize_source"),
 )
 def image_composite(ctx, params: ImageComposite, destination, source, mask=None) -> dict:
     """Paste images onto others at a place, through a mask. ComfyUI: ImageCompositeMasked.

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from sdflow.plugin import Params, Port, stage
+from sdflow.plugin import ComfyNode, Params, Port, stage
 
 _ONE = {"conditioning": Port("CONDITIONING", "the conditioning")}
 _OUT = {"conditioning": Port("CONDITIONING", "the conditioning, changed")}
@@ -27,7 +27,9 @@ class ConditioningCombine(Params):
 
 @stage(params=ConditioningCombine,
        inputs={"conditioning_1": Port("CONDITIONING", "the first"), "conditioning_2": Port("CONDITIONING", "the second")},
-       outputs={"conditioning": Port("CONDITIONING", "both, as one list of entries")})
+       outputs={"conditioning": Port("CONDITIONING", "both, as one list of entries")},
+       comfyui=ComfyNode("ConditioningCombine", inputs="conditioning_1 conditioning_2",
+                         title="Conditioning (Combine)"))
 def conditioning_combine(ctx, params: ConditioningCombine, conditioning_1, conditioning_2) -> dict:
     """Combine two conditionings: the sampler asks the model about each and averages the
     predictions (weighted by their areas and masks). ComfyUI: ConditioningCombine."""
@@ -40,7 +42,9 @@ class ConditioningConcat(Params):
     pass
 
 
-@stage(params=ConditioningConcat, inputs=_TWO, outputs=_OUT)
+@stage(params=ConditioningConcat, inputs=_TWO, outputs=_OUT,
+       comfyui=ComfyNode("ConditioningConcat", inputs="conditioning_to conditioning_from",
+                         title="Conditioning (Concat)"))
 def conditioning_concat(ctx, params: ConditioningConcat, conditioning_to, conditioning_from) -> dict:
     """Append one prompt's tokens to another's, so the model attends to both at once.
     ComfyUI: ConditioningConcat.
@@ -58,7 +62,9 @@ class ConditioningAverage(Params):
                                             description="the share of conditioning_to (1: all of it)")
 
 
-@stage(params=ConditioningAverage, inputs=_TWO, outputs=_OUT)
+@stage(params=ConditioningAverage, inputs=_TWO, outputs=_OUT,
+       comfyui=ComfyNode("ConditioningAverage", inputs="conditioning_to conditioning_from",
+                         widgets="conditioning_to_strength"))
 def conditioning_average(ctx, params: ConditioningAverage, conditioning_to, conditioning_from) -> dict:
     """Blend two prompts' embeddings: to x strength + from x (1 - strength). ComfyUI: ConditioningAverage.
 
@@ -84,7 +90,9 @@ class ConditioningSetArea(Params):
         return self
 
 
-@stage(params=ConditioningSetArea, inputs=_ONE, outputs=_OUT)
+@stage(params=ConditioningSetArea, inputs=_ONE, outputs=_OUT,
+       comfyui=ComfyNode("ConditioningSetArea", inputs="conditioning", widgets="width height x y strength",
+                         title="Conditioning (Set Area)"))
 def conditioning_set_area(ctx, params: ConditioningSetArea, conditioning) -> dict:
     """Limit a prompt to a rectangle of the image, to place things: combine it with a prompt for the
     whole image. ComfyUI: ConditioningSetArea.
@@ -109,7 +117,9 @@ class ConditioningSetMask(Params):
 
 
 @stage(params=ConditioningSetMask, inputs={**_ONE, "mask": Port("MASK", "where the prompt applies")},
-       outputs=_OUT)
+       outputs=_OUT,
+       comfyui=ComfyNode("ConditioningSetMask", inputs="conditioning mask", widgets="strength set_cond_area",
+                         title="Conditioning (Set Mask)", values={"set_cond_area": {"mask bounds": "mask_bounds"}}))
 def conditioning_set_mask(ctx, params: ConditioningSetMask, conditioning, mask) -> dict:
     """Limit a prompt to a mask: its prediction counts where the mask is, weighted by it.
     ComfyUI: ConditioningSetMask.
@@ -128,7 +138,8 @@ class ConditioningZeroOut(Params):
     pass
 
 
-@stage(params=ConditioningZeroOut, inputs=_ONE, outputs=_OUT)
+@stage(params=ConditioningZeroOut, inputs=_ONE, outputs=_OUT,
+       comfyui=ComfyNode("ConditioningZeroOut", inputs="conditioning"))
 def conditioning_zero_out(ctx, params: ConditioningZeroOut, conditioning) -> dict:
     """All zeros, of the same shape: an empty negative as SDXL Turbo and some workflows want it.
     ComfyUI: ConditioningZeroOut."""
@@ -149,7 +160,8 @@ class ConditioningSetTimestepRange(Params):
     end: float = Field(1.0, ge=0.0, le=1.0, description="where it stops (1: the end)")
 
 
-@stage(params=ConditioningSetTimestepRange, inputs=_ONE, outputs=_OUT)
+@stage(params=ConditioningSetTimestepRange, inputs=_ONE, outputs=_OUT,
+       comfyui=ComfyNode("ConditioningSetTimestepRange", inputs="conditioning", widgets="start end"))
 def conditioning_set_timestep_range(ctx, params: ConditioningSetTimestepRange, conditioning) -> dict:
     """Apply a prompt during part of the schedule only, e.g. the composition from one prompt and the
     detail from another. ComfyUI: ConditioningSetTimestepRange.

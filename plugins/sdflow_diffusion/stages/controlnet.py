@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from sdflow.plugin import Params, Port, stage
+from sdflow.plugin import ComfyNode, Params, Port, stage
 
 _CONTROL_NET = Port("CONTROL_NET", "the ControlNet")
 
@@ -15,7 +15,8 @@ class LoadControlNet(Params):
                                                 "diffusers ControlNet folder)")
 
 
-@stage(params=LoadControlNet, outputs={"control_net": _CONTROL_NET})
+@stage(params=LoadControlNet, outputs={"control_net": _CONTROL_NET},
+       comfyui=ComfyNode("ControlNetLoader", widgets="control_net_name>name", title="Load ControlNet Model"))
 def load_controlnet(ctx, params: LoadControlNet) -> dict:
     """Load a ControlNet (SD 1.x, SD 2.x or SDXL). ComfyUI: ControlNetLoader.
 
@@ -53,7 +54,9 @@ class ApplyControlNet(Params):
                "control_net": _CONTROL_NET,
                "image": Port("IMAGE", "the hint: a canny, depth, pose or scribble image made for this ControlNet")},
        outputs={"positive": Port("CONDITIONING", "the prompt, guided by the ControlNet"),
-                "negative": Port("CONDITIONING", "the negative prompt, guided by the ControlNet")})
+                "negative": Port("CONDITIONING", "the negative prompt, guided by the ControlNet")},
+                comfyui=ComfyNode("ControlNetApplyAdvanced", inputs="positive negative control_net image !vae",
+                                  widgets="strength start_percent end_percent", title="Apply ControlNet"))
 def apply_controlnet(ctx, params: ApplyControlNet, positive, negative, control_net, image) -> dict:
     """Guide sampling with a ControlNet and a hint image, on the prompt and the negative.
     ComfyUI: ControlNetApplyAdvanced.

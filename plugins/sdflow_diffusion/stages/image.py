@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from sdflow.plugin import Params, Port, StageError, stage
+from sdflow.plugin import ComfyNode, Params, Port, StageError, stage
 
 MAX_SIDE = 16384  # ComfyUI's MAX_RESOLUTION
 IMAGE_IN = {"image": Port("IMAGE", "the images")}
@@ -30,7 +30,7 @@ class LoadImage(Params):
     params=LoadImage,
     outputs={"image": Port("IMAGE", "the image, as a batch of one"),
              "mask": Port("MASK", "1 - alpha: the transparent pixels are 1, to repaint; all 0 without alpha")},
-)
+             comfyui=ComfyNode("LoadImage", widgets="image>name -upload", title="Load Image"))
 def load_image(ctx, params: LoadImage) -> dict:
     """Load an image file, upright, with a mask from its transparency. ComfyUI: LoadImage.
 
@@ -88,7 +88,19 @@ class ImageScale(Params):
         return self
 
 
-@stage(params=ImageScale, inputs=IMAGE_IN, outputs={"image": Port("IMAGE", "the images, resized")})
+NEAREST = {"method": {"nearest-exact": "nearest"}}
+"""ComfyUI's "nearest-exact" is sdflow's "nearest"."""
+
+
+@stage(params=ImageScale, inputs=IMAGE_IN, outputs={"image": Port("IMAGE", "the images, resized")},
+       comfyui=[
+           ComfyNode("ImageScale", inputs="image", widgets="upscale_method>method width height crop",
+                     title="Upscale Image", values=NEAREST),
+           ComfyNode("ImageScaleBy", inputs="image", widgets="upscale_method>method scale_by>factor",
+                     title="Upscale Image By", values=NEAREST),
+           ComfyNode("ImageScaleToTotalPixels", inputs="image", widgets="upscale_method>method megapixels",
+                     title="Scale Image to Total Pixels", values=NEAREST),
+       ])
 def image_scale(ctx, params: ImageScale, image) -> dict:
     """Resize images to a size, by a factor, or to a number of megapixels. ComfyUI: ImageScale,
     ImageScaleBy and ImageScaleToTotalPixels.
@@ -118,7 +130,8 @@ class ImageCrop(Params):
     y: int = Field(0, ge=0, le=MAX_SIDE, description="its top edge")
 
 
-@stage(params=ImageCrop, inputs=IMAGE_IN, outputs={"image": Port("IMAGE", "the part kept")})
+@stage(params=ImageCrop, inputs=IMAGE_IN, outputs={"image": Port("IMAGE", "the part kept")},
+       comfyui=ComfyNode("ImageCrop", inputs="image", widgets="width height x y", title="Image Crop"))
 def image_crop(ctx, params: ImageCrop, image) -> dict:
     """Keep a rectangle of each image. ComfyUI: ImageCrop.
 
@@ -144,7 +157,8 @@ class ImagePadForOutpaint(Params):
     inputs=IMAGE_IN,
     outputs={"image": Port("IMAGE", "the images on a larger, 0.5 grey canvas"),
              "mask": Port("MASK", "1 on the new area, fading into the image; batch of one")},
-)
+             comfyui=ComfyNode("ImagePadForOutpaint", inputs="image", widgets="left top right bottom feathering",
+                               title="Pad Image for Outpainting"))
 def image_pad_for_outpaint(ctx, params: ImagePadForOutpaint, image) -> dict:
     """Grow the canvas for outpainting, with the mask of what to draw. ComfyUI: ImagePadForOutpaint.
 
@@ -168,7 +182,8 @@ class ImageFromBatch(Params):
     length: int = Field(1, ge=1, le=4096, description="how many images are taken")
 
 
-@stage(params=ImageFromBatch, inputs=IMAGE_IN, outputs={"image": Port("IMAGE", "the images taken")})
+@stage(params=ImageFromBatch, inputs=IMAGE_IN, outputs={"image": Port("IMAGE", "the images taken")},
+       comfyui=ComfyNode("ImageFromBatch", inputs="image", widgets="batch_index length"))
 def image_from_batch(ctx, params: ImageFromBatch, image) -> dict:
     """Take some images of a batch. ComfyUI: ImageFromBatch.
 
@@ -189,6 +204,7 @@ class ImageBatch(Params):
     params=ImageBatch,
     inputs={"image1": Port("IMAGE", "the first images"), "image2": Port("IMAGE", "the images put after them")},
     outputs={"image": Port("IMAGE", "one batch of both")},
+    comfyui=ComfyNode("ImageBatch", inputs="image1 image2", title="Batch Images"),
 )
 def image_batch(ctx, params: ImageBatch, image1, image2) -> dict:
     """Put two batches of images into one. ComfyUI: ImageBatch.
@@ -210,7 +226,8 @@ class MaskToImage(Params):
 
 
 @stage(params=MaskToImage, inputs={"mask": Port("MASK", "the masks")},
-       outputs={"image": Port("IMAGE", "the masks as grey images")})
+       outputs={"image": Port("IMAGE", "the masks as grey images")},
+       comfyui=ComfyNode("MaskToImage", inputs="mask", title="Convert Mask to Image"))
 def mask_to_image(ctx, params: MaskToImage, mask) -> dict:
     """Show masks as grey images: 1 is white. ComfyUI: MaskToImage."""
     return {"image": mask.reshape(-1, *mask.shape[-2:], 1).expand(-1, -1, -1, 3).contiguous()}

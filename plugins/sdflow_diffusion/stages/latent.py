@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from sdflow.plugin import Params, Port, stage
+from sdflow.plugin import ComfyNode, Params, Port, stage
 
 
 class EmptyLatent(Params):
@@ -15,7 +15,8 @@ class EmptyLatent(Params):
     batch: int = Field(1, ge=1, le=4096, description="images drawn at once")
 
 
-@stage(params=EmptyLatent, outputs={"latent": Port("LATENT", "an all-zero latent batch")})
+@stage(params=EmptyLatent, outputs={"latent": Port("LATENT", "an all-zero latent batch")},
+       comfyui=ComfyNode("EmptyLatentImage", widgets="width height batch_size>batch", title="Empty Latent Image"))
 def empty_latent(ctx, params: EmptyLatent) -> dict:
     """A blank latent batch to draw on, of the given image size. ComfyUI: EmptyLatentImage."""
     from sdflow_diffusion.numerics.sampling import empty_latent as make
@@ -56,7 +57,13 @@ class LatentUpscale(Params):
         return side
 
 
-@stage(params=LatentUpscale, inputs=_LATENT_IN, outputs={"latent": Port("LATENT", "the resized latent")})
+@stage(params=LatentUpscale, inputs=_LATENT_IN, outputs={"latent": Port("LATENT", "the resized latent")},
+       comfyui=[
+           ComfyNode("LatentUpscale", inputs="samples>latent",
+                     widgets="upscale_method>method width height crop", title="Upscale Latent"),
+           ComfyNode("LatentUpscaleBy", inputs="samples>latent",
+                     widgets="upscale_method>method scale_by>factor", title="Upscale Latent By"),
+       ])
 def latent_upscale(ctx, params: LatentUpscale, latent) -> dict:
     """Resize a latent to a size in pixels or by a factor, for a second pass at a higher
     resolution (hires fix). ComfyUI: LatentUpscale, LatentUpscaleBy.
@@ -78,7 +85,8 @@ class LatentCrop(Params):
     y: int = Field(0, **_PIXELS, description="top edge of the piece in pixels")
 
 
-@stage(params=LatentCrop, inputs=_LATENT_IN, outputs={"latent": Port("LATENT", "the piece")})
+@stage(params=LatentCrop, inputs=_LATENT_IN, outputs={"latent": Port("LATENT", "the piece")},
+       comfyui=ComfyNode("LatentCrop", inputs="samples>latent", widgets="width height x y", title="Crop Latent"))
 def latent_crop(ctx, params: LatentCrop, latent) -> dict:
     """Cut a piece out of a latent. ComfyUI: LatentCrop.
 
@@ -107,6 +115,11 @@ class LatentComposite(Params):
                              "the source", optional=True),
     },
     outputs={"latent": Port("LATENT", "the destination with the source on it")},
+    comfyui=[
+        ComfyNode("LatentComposite", inputs="samples_to>destination samples_from>source",
+                  widgets="x y feather", title="Latent Composite"),
+        ComfyNode("LatentCompositeMasked", inputs="destination source mask", widgets="x y resize_source"),
+    ],
 )
 def latent_composite(ctx, params: LatentComposite, destination, source, mask=None) -> dict:
     """Paste one latent onto another at a place, through a mask or with feathered edges.
@@ -127,7 +140,9 @@ class LatentFromBatch(Params):
     length: int = Field(1, ge=1, le=4096, description="how many images to take (fewer if the batch ends)")
 
 
-@stage(params=LatentFromBatch, inputs=_LATENT_IN, outputs={"latent": Port("LATENT", "the images taken")})
+@stage(params=LatentFromBatch, inputs=_LATENT_IN, outputs={"latent": Port("LATENT", "the images taken")},
+       comfyui=ComfyNode("LatentFromBatch", inputs="samples>latent", widgets="batch_index length",
+                         title="Latent From Batch"))
 def latent_from_batch(ctx, params: LatentFromBatch, latent) -> dict:
     """Take some images out of a latent batch. ComfyUI: LatentFromBatch.
 
@@ -143,7 +158,8 @@ class RepeatLatentBatch(Params):
     amount: int = Field(1, ge=1, le=64, description="how many copies of the batch")
 
 
-@stage(params=RepeatLatentBatch, inputs=_LATENT_IN, outputs={"latent": Port("LATENT", "the copies, one batch")})
+@stage(params=RepeatLatentBatch, inputs=_LATENT_IN, outputs={"latent": Port("LATENT", "the copies, one batch")},
+       comfyui=ComfyNode("RepeatLatentBatch", inputs="samples>latent", widgets="amount", title="Repeat Latent Batch"))
 def repeat_latent_batch(ctx, params: RepeatLatentBatch, latent) -> dict:
     """Repeat a latent batch, for several variations of each image. ComfyUI: RepeatLatentBatch.
 
@@ -162,6 +178,7 @@ class LatentBatch(Params):
     params=LatentBatch,
     inputs={"latent1": Port("LATENT", "the first images"), "latent2": Port("LATENT", "the images after them")},
     outputs={"latent": Port("LATENT", "one batch of both")},
+    comfyui=ComfyNode("LatentBatch", inputs="samples1>latent1 samples2>latent2"),
 )
 def latent_batch(ctx, params: LatentBatch, latent1, latent2) -> dict:
     """Join two latent batches into one. ComfyUI: LatentBatch.
@@ -185,6 +202,7 @@ class SetLatentNoiseMask(Params):
     inputs={"latent": Port("LATENT", "the latent to inpaint"),
             "mask": Port("MASK", "where to repaint: 1 repaints, 0 keeps")},
     outputs={"latent": Port("LATENT", "the latent with its noise mask")},
+    comfyui=ComfyNode("SetLatentNoiseMask", inputs="samples>latent mask", title="Set Latent Noise Mask"),
 )
 def set_latent_noise_mask(ctx, params: SetLatentNoiseMask, latent, mask) -> dict:
     """Mark where the sampler may repaint a latent (inpainting). ComfyUI: SetLatentNoiseMask.

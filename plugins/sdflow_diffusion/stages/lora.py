@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from sdflow.plugin import Params, Port, StageError, stage
+from sdflow.plugin import ComfyNode, Params, Port, StageError, stage
 
 _MODEL = {"model": Port("MODEL", "the U-Net")}
 _CLIP = {"clip": Port("CLIP", "the text encoder")}
@@ -30,7 +30,9 @@ class LoadLoraModelOnly(Params):
     strength_model: float = _strength("U-Net")
 
 
-@stage(params=LoadLora, inputs={**_MODEL, **_CLIP}, outputs={**_MODEL, **_CLIP})
+@stage(params=LoadLora, inputs={**_MODEL, **_CLIP}, outputs={**_MODEL, **_CLIP},
+       comfyui=ComfyNode("LoraLoader", inputs="model clip", widgets="lora_name>name strength_model strength_clip",
+                         title="Load LoRA"))
 def load_lora(ctx, params: LoadLora, model, clip) -> dict:
     """Apply a LoRA to the U-Net and the text encoder, each at its own strength. ComfyUI: LoraLoader.
 
@@ -42,7 +44,8 @@ def load_lora(ctx, params: LoadLora, model, clip) -> dict:
     return _apply(ctx, params, model=model, clip=clip)
 
 
-@stage(params=LoadLoraModelOnly, inputs=_MODEL, outputs=_MODEL)
+@stage(params=LoadLoraModelOnly, inputs=_MODEL, outputs=_MODEL,
+       comfyui=ComfyNode("LoraLoaderModelOnly", inputs="model", widgets="lora_name>name strength_model"))
 def load_lora_model_only(ctx, params: LoadLoraModelOnly, model) -> dict:
     """Apply a LoRA to the U-Net only (its text-encoder weights, if any, are left out).
     ComfyUI: LoraLoaderModelOnly."""

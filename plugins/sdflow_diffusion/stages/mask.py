@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from sdflow.plugin import Params, Port, StageError, stage
+from sdflow.plugin import ComfyNode, Params, Port, StageError, stage
 
 MAX_SIDE = 16384  # ComfyUI's MAX_RESOLUTION
 MASK_IN = {"mask": Port("MASK", "the masks")}
@@ -27,7 +27,8 @@ class LoadMask(Params):
                              "a colour taken as it is")
 
 
-@stage(params=LoadMask, outputs={"mask": Port("MASK", "the mask, as a batch of one")})
+@stage(params=LoadMask, outputs={"mask": Port("MASK", "the mask, as a batch of one")},
+       comfyui=ComfyNode("LoadImageMask", widgets="image>name channel -upload", title="Load Image (as Mask)"))
 def load_mask(ctx, params: LoadMask) -> dict:
     """Load one channel of an image file as a mask. ComfyUI: LoadImageMask.
 
@@ -59,7 +60,8 @@ class ImageToMask(Params):
 
 
 @stage(params=ImageToMask, inputs={"image": Port("IMAGE", "the images")},
-       outputs={"mask": Port("MASK", "one channel of them")})
+       outputs={"mask": Port("MASK", "one channel of them")},
+       comfyui=ComfyNode("ImageToMask", inputs="image", widgets="channel", title="Convert Image to Mask"))
 def image_to_mask(ctx, params: ImageToMask, image) -> dict:
     """Take one colour channel of images as masks. ComfyUI: ImageToMask."""
     return {"mask": image[..., CHANNELS.index(params.channel)].contiguous()}
@@ -69,7 +71,8 @@ class InvertMask(Params):
     pass
 
 
-@stage(params=InvertMask, inputs=MASK_IN, outputs={"mask": Port("MASK", "1 - mask")})
+@stage(params=InvertMask, inputs=MASK_IN, outputs={"mask": Port("MASK", "1 - mask")},
+       comfyui=ComfyNode("InvertMask", inputs="mask"))
 def invert_mask(ctx, params: InvertMask, mask) -> dict:
     """Swap what is repainted and what is kept: 1 - mask. ComfyUI: InvertMask."""
     return {"mask": 1.0 - mask}
@@ -79,7 +82,8 @@ class ThresholdMask(Params):
     value: float = Field(0.5, ge=0.0, le=1.0, description="above this a pixel becomes 1, else 0")
 
 
-@stage(params=ThresholdMask, inputs=MASK_IN, outputs={"mask": Port("MASK", "masks of 0 and 1")})
+@stage(params=ThresholdMask, inputs=MASK_IN, outputs={"mask": Port("MASK", "masks of 0 and 1")},
+       comfyui=ComfyNode("ThresholdMask", inputs="mask", widgets="value"))
 def threshold_mask(ctx, params: ThresholdMask, mask) -> dict:
     """Make masks hard: 1 where above value, else 0. ComfyUI: ThresholdMask."""
     return {"mask": (mask > params.value).float()}
@@ -91,7 +95,8 @@ class GrowMask(Params):
                                                     "false: by a square, keeping them square")
 
 
-@stage(params=GrowMask, inputs=MASK_IN, outputs={"mask": Port("MASK", "the masks, grown or shrunk")})
+@stage(params=GrowMask, inputs=MASK_IN, outputs={"mask": Port("MASK", "the masks, grown or shrunk")},
+       comfyui=ComfyNode("GrowMask", inputs="mask", widgets="expand>pixels tapered_corners"))
 def grow_mask(ctx, params: GrowMask, mask) -> dict:
     """Grow or shrink masks by some pixels. ComfyUI: GrowMask.
 
@@ -129,7 +134,8 @@ class FeatherMaskEdges(Params):
     bottom: int = Field(0, ge=0, le=MAX_SIDE, description="rows faded at the bottom")
 
 
-@stage(params=FeatherMaskEdges, inputs=MASK_IN, outputs={"mask": Port("MASK", "the masks, faded at their sides")})
+@stage(params=FeatherMaskEdges, inputs=MASK_IN, outputs={"mask": Port("MASK", "the masks, faded at their sides")},
+       comfyui=ComfyNode("FeatherMask", inputs="mask", widgets="left top right bottom"))
 def feather_mask_edges(ctx, params: FeatherMaskEdges, mask) -> dict:
     """Fade masks linearly towards their sides. ComfyUI: FeatherMask.
 
@@ -153,6 +159,7 @@ class MaskComposite(Params):
     params=MaskComposite,
     inputs={"destination": Port("MASK", "the masks combined into"), "source": Port("MASK", "the masks placed on them")},
     outputs={"mask": Port("MASK", "the combined masks, of the destination's size")},
+    comfyui=ComfyNode("MaskComposite", inputs="destination source", widgets="x y operation"),
 )
 def mask_composite(ctx, params: MaskComposite, destination, source) -> dict:
     """Combine a mask into another at a position. ComfyUI: MaskComposite.
@@ -177,7 +184,8 @@ class SolidMask(Params):
     height: int = Field(512, ge=1, le=MAX_SIDE, description="height in pixels")
 
 
-@stage(params=SolidMask, outputs={"mask": Port("MASK", "one mask of one value")})
+@stage(params=SolidMask, outputs={"mask": Port("MASK", "one mask of one value")},
+       comfyui=ComfyNode("SolidMask", widgets="value width height"))
 def solid_mask(ctx, params: SolidMask) -> dict:
     """A mask of one value everywhere. ComfyUI: SolidMask."""
     import torch

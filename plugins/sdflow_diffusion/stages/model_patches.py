@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from sdflow.plugin import Params, Port, stage
+from sdflow.plugin import ComfyNode, Params, Port, stage
 
 
 class FreeU(Params):
@@ -17,7 +17,8 @@ class FreeU(Params):
 
 
 @stage(params=FreeU, inputs={"model": Port("MODEL", "the U-Net")},
-       outputs={"model": Port("MODEL", "the same U-Net, with FreeU while it runs")})
+       outputs={"model": Port("MODEL", "the same U-Net, with FreeU while it runs")},
+       comfyui=ComfyNode("FreeU", inputs="model", widgets="b1 b2 s1 s2"))
 def freeu(ctx, params: FreeU, model) -> dict:
     """Reweigh the U-Net's backbone and skip features (FreeU), for more detail at no cost.
     ComfyUI: FreeU.

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from sdflow.plugin import Params, Port, stage
+from sdflow.plugin import ComfyNode, Params, Port, stage
 from sdflow_diffusion.numerics import sampler_table
 
 # ComfyUI's sampler names run sdflow's implementation of ComfyUI's samplers;
@@ -103,8 +103,19 @@ class SampleAdvanced(_Options, _Range, _Core):
         return self
 
 
+def _comfyuis_sampler(params) -> bool:
+    """ComfyUI's KSampler runs ComfyUI's samplers, not diffusers' engine."""
+    return not params.sampler.startswith(sampler_table.DIFFUSERS)
+
+
+_SWITCH = {"enable": True, "disable": False}  # how ComfyUI's KSampler (Advanced) spells a boolean
+
+
 # 0.2: ComfyUI's names give ComfyUI's numbers (diffusers' are "diffusers:<name>").
-@stage(params=Sample, inputs=_INPUTS, outputs=_OUTPUTS, version="0.2.0")
+@stage(params=Sample, inputs=_INPUTS, outputs=_OUTPUTS, version="0.2.0",
+       comfyui=ComfyNode("KSampler", inputs="model positive negative latent_image>latent",
+                         widgets="seed+ steps cfg sampler_name>sampler scheduler denoise", title="KSampler",
+                         when=_comfyuis_sampler))
 def sample(ctx, params: Sample, model, positive, negative, latent) -> dict:
     """Denoise a latent with the U-Net, guided by the prompts. ComfyUI: KSampler."""
     from sdflow_diffusion.numerics.sampling import sample as run_sampler
@@ -115,7 +126,12 @@ def sample(ctx, params: Sample, model, positive, negative, latent) -> dict:
     return {"latent": denoised}
 
 
-@stage(params=SampleAdvanced, inputs=_INPUTS, outputs=_OUTPUTS)
+@stage(params=SampleAdvanced, inputs=_INPUTS, outputs=_OUTPUTS,
+       comfyui=ComfyNode("KSamplerAdvanced", inputs="model positive negative latent_image>latent",
+                         widgets="add_noise noise_seed>seed+ steps cfg sampler_name>sampler scheduler "
+                                 "start_at_step end_at_step return_with_leftover_noise",
+                         title="KSampler (Advanced)", when=_comfyuis_sampler,
+                         values={"add_noise": _SWITCH, "return_with_leftover_noise": _SWITCH}))
 def sample_advanced(ctx, params: SampleAdvanced, model, positive, negative, latent) -> dict:
     """Run part of a schedule: from start_at_step to end_at_step, with or without adding noise,
     ending clean or with the noise left for another sampler (a refiner, a second pass).

@@ -6,7 +6,7 @@ import unicodedata
 
 from pydantic import Field, field_validator
 
-from sdflow.plugin import Params, Port, stage
+from sdflow.plugin import ComfyNode, Params, Port, stage
 
 
 MAX_STEM_BYTES = 200
@@ -44,14 +44,22 @@ class SaveImage(Params):
         return prefix
 
 
-@stage(params=SaveImage, inputs={"image": Port("IMAGE", "the images to save")}, output=True)
+@stage(params=SaveImage, inputs={"image": Port("IMAGE", "the images to save")}, output=True,
+       comfyui=[
+           ComfyNode("SaveImage", inputs="images>image", widgets="filename_prefix>prefix", title="Save Image"),
+           ComfyNode("PreviewImage", inputs="images>image", title="Preview Image",
+                     fixed={"prefix": "preview"},
+                     note="sdflow has no previews: PreviewImage is a save_image with prefix \"preview\""),
+       ])
 def save_image(ctx, params: SaveImage, image) -> dict:
     """Write each image as a PNG into the output folder, never overwriting. ComfyUI: SaveImage.
 
     Each PNG carries the recipe and what the run resolved, and its own place in the batch and
     seed (``sdflow.image``: index, count, seed; the seed is the nearest sampler's, none without one).
     It also carries AUTOMATIC1111's ``parameters`` text, which viewers, galleries and model sites
-    read: the prompt, the negative, and the main sampler's settings, model and LoRAs."""
+    read: the prompt, the negative, and the main sampler's settings, model and LoRAs. Where every
+    stage that made the images stands for a ComfyUI node, it carries ComfyUI's ``prompt`` and
+    ``workflow`` too: dropped onto ComfyUI, the image opens its graph."""
     import json
 
     import diffusers
@@ -59,9 +67,11 @@ def save_image(ctx, params: SaveImage, image) -> dict:
 
     from sdflow_diffusion.images.a1111 import parameters
     from sdflow_diffusion.images.png import save_pngs
+    from sdflow_diffusion.interchange.comfyui_export import png_chunks
     from sdflow_diffusion.numerics.decode import to_pil
 
     metadata = ctx.metadata(versions={"torch": torch.__version__, "diffusers": diffusers.__version__})
+    metadata.update(png_chunks(ctx.lineage(run_order=True)))  # what ComfyUI reads
     pictures = to_pil(image)
     seeds = ctx.upstream_records().get("seeds")
     seeds = seeds if isinstance(seeds, list) and len(seeds) == len(pictures) else [None] * len(pictures)

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from sdflow.plugin import Params, ParamWarning, Port, stage
+from sdflow.plugin import ComfyNode, ParamWarning, Params, Port, stage
 
 
 class ClipTextEncode(Params):
@@ -28,6 +28,7 @@ class ClipTextEncode(Params):
     inputs={"clip": Port("CLIP", "the text encoder")},
     outputs={"conditioning": Port("CONDITIONING", "the encoded prompt")},
     version="0.2.0",
+    comfyui=ComfyNode("CLIPTextEncode", inputs="clip", widgets="text", title="CLIP Text Encode (Prompt)"),
 )
 def clip_text_encode(ctx, params: ClipTextEncode, clip) -> dict:
     """Encode a prompt with CLIP, reading weights, embeddings and long prompts as ComfyUI (or A1111) does.

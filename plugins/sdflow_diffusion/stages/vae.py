@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from sdflow.plugin import Params, Port, stage
+from sdflow.plugin import ComfyNode, Params, Port, stage
 from sdflow_diffusion.models.families import family_names
 
 Family = Literal[("auto", *family_names())]  # type: ignore[valid-type]
@@ -21,7 +21,8 @@ class LoadVae(Params):
                             "warning; name it for an SDXL VAE whose file does not say, e.g. sdxl-base")
 
 
-@stage(params=LoadVae, outputs={"vae": Port("VAE", "the autoencoder")})
+@stage(params=LoadVae, outputs={"vae": Port("VAE", "the autoencoder")},
+       comfyui=ComfyNode("VAELoader", widgets="vae_name>name", title="Load VAE"))
 def load_vae(ctx, params: LoadVae) -> dict:
     """Load a VAE from its own file, to use instead of the checkpoint's. ComfyUI: VAELoader.
 

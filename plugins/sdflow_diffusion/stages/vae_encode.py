@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from sdflow.plugin import Params, Port, stage
+from sdflow.plugin import ComfyNode, Params, Port, stage
 
 _VAE = {"vae": Port("VAE", "the autoencoder"), "image": Port("IMAGE", "the images to encode")}
 
@@ -13,7 +13,8 @@ class VaeEncode(Params):
     pass
 
 
-@stage(params=VaeEncode, inputs=_VAE, outputs={"latent": Port("LATENT", "the images' latents")})
+@stage(params=VaeEncode, inputs=_VAE, outputs={"latent": Port("LATENT", "the images' latents")},
+       comfyui=ComfyNode("VAEEncode", inputs="pixels>image vae", title="VAE Encode"))
 def vae_encode(ctx, params: VaeEncode, vae, image) -> dict:
     """Encode images into latents with the VAE, to redraw them with sample at a denoise below 1
     (img2img). ComfyUI: VAEEncode.
@@ -34,6 +35,8 @@ class VaeEncodeForInpaint(Params):
     params=VaeEncodeForInpaint,
     inputs={**_VAE, "mask": Port("MASK", "where to repaint (1)")},
     outputs={"latent": Port("LATENT", "the latents, with the mask as their noise mask")},
+    comfyui=ComfyNode("VAEEncodeForInpaint", inputs="pixels>image vae mask", widgets="grow_mask_by",
+                      title="VAE Encode (for Inpainting)"),
 )
 def vae_encode_for_inpaint(ctx, params: VaeEncodeForInpaint, vae, image, mask) -> dict:
     """Encode images for inpainting: the masked pixels are painted grey before encoding, and the
