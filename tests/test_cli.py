@@ -107,7 +107,7 @@ def test_plugins_shows_name_version_and_what_each_adds():
         "load_image, load_lora, load_lora_model_only, load_mask, load_vae, mask_composite, mask_from_rect, "
         "mask_to_image, repeat_latent_batch, sample, sample_advanced, save_image, set_latent_noise_mask, solid_mask, "
         "threshold_mask, vae_decode, vae_encode, vae_encode_for_inpaint\n"
-        "  importers (sdflow import): a1111, comfyui\n"
+        "  importers (sdflow import): comfyui, a1111\n"
         "  exporters (sdflow export --format): comfyui-api, comfyui-ui\n"
         "  settings:\n"
         "    --device / $SDFLOW_DEVICE (default 'auto'): where models run: auto is CUDA when there is a GPU, else the CPU\n"

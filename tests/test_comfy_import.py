@@ -256,13 +256,14 @@ def test_json_that_is_no_workflow_is_left_to_other_importers(tmp_path):
     result = sdflow_cli("import", str(other))
     assert result.returncode == 2
     assert result.stderr == (f"sdflow: error: {other}: nothing sdflow can import here "
-                             "(it reads: sdflow images, a1111, comfyui)\n")
+                             "(it reads: sdflow images, comfyui, a1111)\n")
 
 
 def test_a_comfyui_png_gives_its_prompt_else_its_workflow(tmp_path):
     both, ui_only = PngInfo(), PngInfo()
     both.add_text("prompt", json.dumps(API))
     both.add_text("workflow", json.dumps(UI))
+    both.add_text("parameters", "a cat\nSteps: 5, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 64x64")  # the graph wins
     ui_only.add_text("workflow", json.dumps(UI))
     Image.new("RGB", (8, 8)).save(tmp_path / "ComfyUI_00001_.png", pnginfo=both)
     Image.new("RGB", (8, 8)).save(tmp_path / "ComfyUI_00002_.png", pnginfo=ui_only)

@@ -106,7 +106,7 @@ def test_what_cannot_be_imported_is_a_clear_error_and_nothing_is_replaced(tmp_pa
     Image.new("RGB", (8, 8)).save(plain)
     result = sdflow_cli("import", str(plain))
     assert result.returncode == 2
-    assert result.stderr == f"sdflow: error: {plain}: nothing sdflow can import here (it reads: sdflow images, a1111, comfyui)\n"
+    assert result.stderr == f"sdflow: error: {plain}: nothing sdflow can import here (it reads: sdflow images, comfyui, a1111)\n"
     broken = sdflow_cli("import", str(png_with(tmp_path / "broken.png", "a prompt\nno settings here")))
     assert broken.returncode == 2 and "A1111 parameters that sdflow cannot read" in broken.stderr
     assert "Traceback" not in broken.stderr
@@ -119,4 +119,4 @@ def test_what_cannot_be_imported_is_a_clear_error_and_nothing_is_replaced(tmp_pa
 def test_importers_come_from_plugins_and_are_listed():
     registry = default_registry()
     assert registry.importers["a1111"].plugin == "diffusion"
-    assert "importers (sdflow import): a1111" in sdflow_cli("plugins").stdout
+    assert "importers (sdflow import): comfyui, a1111" in sdflow_cli("plugins").stdout

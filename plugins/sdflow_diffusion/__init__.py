@@ -54,10 +54,12 @@ def sdflow_importers(registry):
     from sdflow_diffusion.images.a1111 import import_a1111
     from sdflow_diffusion.interchange.comfyui import import_comfyui
 
+    # ComfyUI's graph first: a PNG that carries both it and A1111's summary text is read as the graph.
+    registry.add_importer("comfyui", functools.partial(import_comfyui, stages=registry.stages),
+                          "ComfyUI's workflows: API or UI format JSON, or a PNG ComfyUI saved (its prompt or workflow "
+                          "chunk)")
     registry.add_importer("a1111", import_a1111, "AUTOMATIC1111's parameters text, in a PNG or a .txt (A1111, "
                                                  "Forge, Fooocus in A1111 mode, stable-diffusion.cpp write it)")
-    registry.add_importer("comfyui", functools.partial(import_comfyui, stages=registry.stages), "ComfyUI's workflows: API or UI format JSON, or a PNG ComfyUI "
-                                                     "saved (its prompt or workflow chunk)")
 
 
 @hookimpl
