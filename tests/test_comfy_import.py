@@ -301,3 +301,46 @@ def test_what_sdflow_does_otherwise_is_said_in_the_header(tmp_path):
     ]
     assert '    sampler="dpmpp_2m_sde",\n' in text and 'save_image(image=image, prefix="preview")\n' in text
     assert "    positive=apply_controlnet.positive,\n    negative=apply_controlnet.negative,\n" in text
+
+
+def wrapped_in_subgraph(node: dict, sub_id: str, inputs: list[tuple[str, str]], outputs: list[tuple[str, str]],
+                        inner: list[dict] | None = None) -> tuple[dict, dict]:
+    """``node`` moved into a subgraph (as the frontend's "convert to
+    subgraph" does): the subgraph's definition, and the node that stands for
+    it where ``node`` was (same id, same links)."""
+    inside = copy.deepcopy(node)
+    inside["id"] = 1
+    for slot, entry in enumerate(inside["inputs"]):
+        entry["link"] = 100 + slot
+    definition = {
+        "id": sub_id, "name": "wrapped", "nodes": [inside, *(inner or [])],
+        "inputs": [{"name": name, "type": kind} for name, kind in inputs],
+        "outputs": [{"name": name, "type": kind} for name, kind in outputs],
+        "links": [{"id": 100 + slot, "origin_id": -10, "origin_slot": slot, "target_id": 1, "target_slot": slot,
+                   "type": kind} for slot, (_name, kind) in enumerate(inputs)]
+        + [{"id": 200 + slot, "origin_id": 1, "origin_slot": slot, "target_id": -20, "target_slot": slot,
+            "type": kind} for slot, (_name, kind) in enumerate(outputs)],
+    }
+    return definition, {**node, "type": sub_id, "widgets_values": []}
+
+
+def test_subgraphs_are_expanded_into_the_nodes_inside(tmp_path):
+    """The KSampler inside a subgraph that is itself inside another (the
+    frontend's "convert to subgraph", twice) imports as the default
+    workflow does; a subgraph that contains itself is a clear error."""
+    ui = copy.deepcopy(UI)
+    sampler = ui_node(ui, 3)
+    ports = [("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"),
+             ("latent_image", "LATENT")]
+    inner, middle = "0b6f6c1e-1111-4a1a-9a1a-000000000001", "0b6f6c1e-2222-4a1a-9a1a-000000000002"
+    inner_def, inner_node = wrapped_in_subgraph(sampler, inner, ports, [("LATENT", "LATENT")])
+    middle_def, middle_node = wrapped_in_subgraph(inner_node, middle, ports, [("LATENT", "LATENT")])
+    ui["nodes"] = [middle_node if node is sampler else node for node in ui["nodes"]]
+    ui["definitions"] = {"subgraphs": [inner_def, middle_def]}
+    text = imported(write(tmp_path / "subgraphs.json", ui))
+    assert text.split("\n", 1)[1] == DEFAULT_RECIPE.split("\n", 1)[1]
+
+    middle_def["nodes"][0]["type"] = middle  # now it holds itself
+    result = sdflow_cli("import", str(write(tmp_path / "loop.json", ui)))
+    assert (result.returncode, result.stdout) == (2, "")
+    assert f"subgraph {middle} contains itself (node 3:1)" in result.stderr

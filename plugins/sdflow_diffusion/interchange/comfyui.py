@@ -127,6 +127,7 @@ def from_ui(workflow: dict, table: dict[str, NodeMap]) -> dict:
     nodes, links = workflow.get("nodes"), workflow.get("links", [])
     if not isinstance(nodes, list) or not isinstance(links, list):
         raise StageError("a UI-format workflow's 'nodes' and 'links' are lists")
+    nodes, links = flattened(nodes, links, _subgraphs(workflow))
     by_id: dict[str, dict] = {}
     for node in nodes:
         if not isinstance(node, dict) or "id" not in node:
@@ -159,6 +160,112 @@ def from_ui(workflow: dict, table: dict[str, NodeMap]) -> dict:
         if isinstance(node.get("title"), str):
             api[key]["_meta"] = {"title": node["title"]}
     return api
+
+
+# -- subgraphs: a node whose type is a subgraph's id stands for the nodes inside --
+
+SUBGRAPH_INPUT, SUBGRAPH_OUTPUT = -10, -20  # the subgraph's own input and output, as link ends inside it
+MAX_DEPTH = 32
+
+
+def _subgraphs(workflow: dict) -> dict[str, dict]:
+    from sdflow.plugin import StageError
+
+    found = (workflow.get("definitions") or {}).get("subgraphs") or []
+    if not isinstance(found, list) or not all(isinstance(d, dict) and isinstance(d.get("id"), str) for d in found):
+        raise StageError("a UI-format workflow's definitions.subgraphs are objects with an 'id'")
+    return {d["id"]: d for d in found}
+
+
+def flattened(nodes: list, links: list, subgraphs: dict[str, dict]) -> tuple[list, list]:
+    """The nodes and links of a workflow with every subgraph node replaced
+    by the nodes inside it (ids ``outer:inner``, as ComfyUI numbers them when
+    it queues the workflow): a link into the subgraph node's input N comes
+    to the inner nodes its input N feeds, and a link out of its output N
+    comes from what feeds the subgraph's output N inside."""
+    if not subgraphs:
+        return nodes, links
+    flat_nodes: list[dict] = []
+    flat_links: dict = {}  # link id -> [origin, slot, target, slot, type]
+    through: dict[tuple, tuple] = {}  # a subgraph's end (node id, slot) -> where it really comes from
+    _inline(nodes, links, "", subgraphs, (), flat_nodes, flat_links, through)
+    kept, out = set(), []
+    for link_id, (origin, slot, target, target_slot, kind) in flat_links.items():
+        origin, slot = _source(origin, slot, through)
+        if origin is not None and not _virtual(target):
+            kept.add(link_id)
+            out.append([link_id, origin, slot, target, target_slot, kind])
+    for node in flat_nodes:
+        for entry in node.get("inputs") or []:
+            if isinstance(entry, dict) and entry.get("link") is not None and entry["link"] not in kept:
+                entry["link"] = None  # fed by a subgraph input nothing is connected to
+    return flat_nodes, out
+
+
+def _inline(nodes, links, prefix: str, subgraphs: dict, inside: tuple, flat_nodes: list, flat_links: dict,
+            through: dict) -> None:
+    """One level of a workflow (the top, or a subgraph's inside under
+    ``prefix``) into ``flat_nodes`` and ``flat_links``; each subgraph node
+    in it, recursively."""
+    from sdflow.plugin import StageError
+
+    if not isinstance(nodes, list) or not isinstance(links, list):
+        raise StageError(f"subgraph {inside[-1]}'s 'nodes' and 'links' are lists")
+    records = {}
+    for link in links:
+        if isinstance(link, dict):
+            link = [link.get(key) for key in ("id", "origin_id", "origin_slot", "target_id", "target_slot", "type")]
+        if not isinstance(link, list) or len(link) < 5:
+            raise StageError(f"a link is not [id, origin, slot, target, slot, type]: {json.dumps(link)[:80]}")
+        records[link[0]] = link
+        flat_links[f"{prefix}{link[0]}" if prefix else link[0]] = [
+            f"{prefix}{link[1]}", link[2], f"{prefix}{link[3]}", link[4], (link + [None])[5]]
+    for node in nodes:
+        if not isinstance(node, dict) or "id" not in node:
+            raise StageError("a UI-format workflow's nodes are objects with an 'id'")
+        here = f"{prefix}{node['id']}"
+        definition = subgraphs.get(node.get("type"))
+        if definition is None:
+            copy = {**node, "id": here,
+                    "inputs": [{**entry, "link": (f"{prefix}{entry['link']}" if prefix else entry["link"])}
+                               if isinstance(entry, dict) and entry.get("link") is not None else entry
+                               for entry in node.get("inputs") or []]}
+            flat_nodes.append(copy)
+            continue
+        if definition["id"] in inside or len(inside) >= MAX_DEPTH:
+            raise StageError(f"subgraph {definition['id']} contains itself (node {here})")
+        if node.get("mode") in (MUTED, BYPASSED):
+            raise StageError(f"node {here} is a muted or bypassed subgraph",
+                             "un-mute it, or remove it, in ComfyUI")
+        names = [entry.get("name") for entry in definition.get("inputs") or [] if isinstance(entry, dict)]
+        for entry in node.get("inputs") or []:  # the subgraph's input N is fed as the node's input of that name
+            if isinstance(entry, dict) and entry.get("link") in records and entry.get("name") in names:
+                origin = records[entry["link"]]
+                through[(f"{here}:{SUBGRAPH_INPUT}", names.index(entry["name"]))] = (f"{prefix}{origin[1]}",
+                                                                                   origin[2])
+        inner = len(flat_links)
+        _inline(definition.get("nodes"), definition.get("links", []), f"{here}:", subgraphs,
+                (*inside, definition["id"]), flat_nodes, flat_links, through)
+        for origin, slot, target, target_slot, _kind in list(flat_links.values())[inner:]:
+            if target == f"{here}:{SUBGRAPH_OUTPUT}":  # what feeds the subgraph's output N inside
+                through[(here, target_slot)] = (origin, slot)
+
+
+def _virtual(node_id: str) -> bool:
+    return str(node_id).endswith((f":{SUBGRAPH_INPUT}", f":{SUBGRAPH_OUTPUT}"))
+
+
+def _source(origin: str, slot, through: dict):
+    """Where a link really comes from, through subgraph boundaries; None for
+    a subgraph input nothing feeds."""
+    for _ in range(MAX_DEPTH * 4):
+        if (origin, slot) in through:
+            origin, slot = through[(origin, slot)]
+        elif _virtual(origin):
+            return None, None
+        else:
+            return origin, slot
+    return None, None
 
 
 def _widget_values(node: dict, table: dict[str, NodeMap]) -> dict:
