@@ -121,7 +121,55 @@ class Stage:
     trailing_comma: bool = False
 
 
-Statement = Union[Header, Require, Param, Stage]
+@dataclass(frozen=True, slots=True)
+class Range:
+    """``A..B`` or ``A..B..STEP``: whole numbers from A to B, both included,
+    counting down when B < A; ``step`` is None where none is written."""
+
+    start: int
+    end: int
+    step: int | None
+    span: Span
+
+    @property
+    def values(self) -> range:
+        """The numbers, as a ``range`` (never a list: a range may be long).
+        Empty when the step is not positive (an error the checker reports)."""
+        step = 1 if self.step is None else self.step
+        if step <= 0:
+            return range(0)
+        return range(self.start, self.end + 1, step) if self.end >= self.start \
+            else range(self.start, self.end - 1, -step)
+
+    @property
+    def count(self) -> int:
+        """How many numbers: ``len(values)``, which fails past ``sys.maxsize``."""
+        step = 1 if self.step is None else self.step
+        return 0 if step <= 0 else abs(self.end - self.start) // step + 1
+
+
+@dataclass(frozen=True, slots=True)
+class SweepValues:
+    """``name = 1..8`` or ``name = [a, b]``: one param's values in a sweep."""
+
+    name: str
+    values: Range | ListValue
+    span: Span
+    name_span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Sweep:
+    """``sweep name = values, ...``: one axis of the recipe's sweep.  The
+    names of one line move together (their values are paired one by one);
+    separate lines combine, the first varying fastest."""
+
+    entries: tuple[SweepValues, ...]
+    span: Span
+    keyword_span: Span
+
+
+Statement = Union[Header, Require, Param, Sweep, Stage]
 
 
 @dataclass(frozen=True, slots=True)

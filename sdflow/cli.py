@@ -82,6 +82,11 @@ def _parser(with_settings: bool = False) -> argparse.ArgumentParser:
     check.add_argument("--strict", action="store_true", help="treat warnings as errors")
     check.add_argument("--locked", action="store_true",
                        help="also check that the models each FILE.lock pins are found, unchanged (loads nothing)")
+    check.add_argument("--no-sweep", action="store_true",
+                       help="check the recipe as a run of its params' defaults, not each point of its sweep")
+    from sdflow.sweep import MAX_POINTS
+
+    check.add_argument("--yes", action="store_true", help=f"check a sweep of more than {MAX_POINTS} points")
     if with_settings:
         from sdflow.settings import add_arguments
 
@@ -109,9 +114,12 @@ def _parser(with_settings: bool = False) -> argparse.ArgumentParser:
                      help="after the run, a table of each stage's seconds and memory (on stderr; "
                           "with --json, the figures in each stage_done event too)")
     run.add_argument("--sweep", action="append", default=[], metavar="NAME=VALUES",
-                     help="run once per value: 1..8 (a range), 5,7.5 (a list); several --sweep: every combination")
+                     help="run once per value: 1..8 (a range), 5,7.5 (a list); several --sweep: every combination;"
+                          " replaces the values the recipe's sweep gives NAME")
     run.add_argument("--zip", action="store_true", help="pair the --sweep axes value by value instead")
-    run.add_argument("--yes", action="store_true", help=f"run a sweep of more than {256} points")
+    run.add_argument("--no-sweep", action="store_true",
+                     help="run the recipe once with its params' defaults (and --set), not its sweep")
+    run.add_argument("--yes", action="store_true", help=f"run a sweep of more than {MAX_POINTS} points")
     run.add_argument("--locked", action="store_true",
                      help="refuse to run unless the models are those FILE.lock pins (versions that differ: a warning)")
     if with_settings:
@@ -273,8 +281,14 @@ def _cmd_check(args) -> int:
     overrides = _overrides(args.set)
     status = EXIT_OK
     for path in args.files:
+        swept = 0
         try:
             source, graph, diagnostics = _check_file(path, registry, overrides)
+            if graph is not None and not args.no_sweep:  # each point of the recipe's sweep too
+                _axes, checked = _sweep_points(args, registry, graph, overrides)
+                if checked is not None:
+                    diagnostics = sorted([*diagnostics, *checked.diagnostics], key=lambda d: d.sort_key())
+                    graph, swept = (graph if checked.ok else None), len(checked.points)
         except _Usage as err:  # one file that is not a recipe; the others are still checked
             print(f"sdflow: error: {err}", file=sys.stderr)
             status = EXIT_USAGE
@@ -287,7 +301,8 @@ def _cmd_check(args) -> int:
         if failed:
             status = max(status, EXIT_DIAGNOSTICS)
         elif not diagnostics:
-            print(f"{path}: ok", file=sys.stderr)
+            print(f"{path}: ok" + (f" (a sweep of {swept:,} point{'s' * (swept != 1)})" if swept else ""),
+                  file=sys.stderr)
     return status
 
 
@@ -428,15 +443,19 @@ def _cmd_stages(args) -> int:
 
 def _cmd_run(args) -> int:
     from sdflow.execute import Events, Executor
+    from sdflow.sweep import declares_sweep
 
-    if args.sweep:
-        return _cmd_sweep(args)
-
+    if args.sweep and args.no_sweep:
+        raise _Usage("--sweep and --no-sweep ask for opposite things; give one")
     registry = _registry()
     options = _run_options(registry, args, _folder_of(args.file))
     source, graph = _checked_graph(args)
     if graph is None:
         return EXIT_DIAGNOSTICS
+    if args.sweep or (declares_sweep(graph.recipe) and not args.no_sweep):
+        swept = _cmd_sweep(args, registry, options, source, graph)
+        if swept is not None:
+            return swept
     if args.locked:
         problems = _lock_problems(registry, args, args.file, source, graph)
         print_diagnostics(problems, {args.file: source}, sys.stderr, args.max_diagnostics)
@@ -458,68 +477,82 @@ def _cmd_run(args) -> int:
     return EXIT_OK
 
 
-def _cmd_sweep(args) -> int:
-    """``run --sweep``: every point checked, then run with one executor (see
-    :mod:`sdflow.sweep`), each point's images written as a run writes them,
-    and a labelled contact sheet beside them."""
-    import json
-
-    from sdflow.cache import CacheStore
-    from sdflow.execute import Events, Executor
-    from sdflow.graph import UsageError, check_source
-    from sdflow.sweep import MAX_POINTS, SweepError, contact_sheets, label, parse_axis, points, write_sheet
+def _sweep_points(args, registry, graph, overrides: dict[str, str], command=()):
+    """The sweep of a checked recipe (its ``graph``) with the command line's
+    axes and ``--set`` values: its axes and every point checked, or
+    ``([], None)`` when there is nothing to sweep.  More than MAX_POINTS
+    points without ``--yes``: a usage error when the command line sweeps
+    too, else a diagnostic at the recipe's sweep."""
+    from sdflow.graph import UsageError
+    from sdflow.sweep import MAX_POINTS, CheckedSweep, SweepError, check_points, count, plan, points, too_many
 
     try:
-        axes = [parse_axis(spec) for spec in args.sweep]
-        planned = points(axes, args.zip)
+        axes = plan(graph.recipe, command, getattr(args, "zip", False), overrides)
     except SweepError as err:
         raise _Usage(str(err)) from None
-    if len(planned) > MAX_POINTS and not args.yes:
-        raise _Usage(f"the sweep has {len(planned):,} points (more than {MAX_POINTS}); add --yes to run them all")
-    registry = _registry()
-    options = _run_options(registry, args, _folder_of(args.file))
-    read = _read(args.file)
-    base = _overrides(args.set)
-    graphs, failed = [], False
-    for number, point in enumerate(planned, start=1):
-        try:
-            _recipe, graph, diagnostics = check_source(read.text, args.file, registry, {**base, **point})
-        except UsageError as err:
-            raise _Usage(f"sweep point {number} ({label(point)}): {err}") from None
-        if graph is None:
-            print(f"sdflow: sweep point {number} of {len(planned)} ({label(point)}):", file=sys.stderr)
-            print_diagnostics(diagnostics, {args.file: read.text}, sys.stderr, args.max_diagnostics)
-            failed = True
-        graphs.append(graph)
-    if failed:
+    if not axes:
+        return [], None
+    total = count(axes)
+    if total > MAX_POINTS and not args.yes:
+        if command:
+            raise _Usage(f"the sweep has {total:,} points (more than {MAX_POINTS}); add --yes to run them all")
+        return axes, CheckedSweep([], [], [too_many(graph.recipe, axes, total)], [])
+    try:  # what the recipe as written gave (its graph's warnings) is not said again for each point
+        return axes, check_points(graph.recipe, registry, overrides, graph.warnings, points(axes), total)
+    except UsageError as err:
+        raise _Usage(str(err)) from None
+
+
+def _cmd_sweep(args, registry, options, source: str, graph):
+    """A sweep, the recipe's and ``--sweep``'s (see :mod:`sdflow.sweep`):
+    every point checked, then run with one executor, each point's images
+    written as a run writes them, and a labelled contact sheet beside them.
+    None when ``--set`` left no axis to sweep: the recipe runs once."""
+    from sdflow.cache import CacheStore
+    from sdflow.execute import Events, Executor
+    from sdflow.sweep import SweepError, SweepProgress, contact_sheets, parse_axis, sheet_record, write_sheet
+
+    try:
+        command = [parse_axis(spec) for spec in args.sweep]
+    except SweepError as err:
+        raise _Usage(str(err)) from None
+    axes, checked = _sweep_points(args, registry, graph, _overrides(args.set), command)
+    if checked is None:
+        return None
+    sources = {args.file: source}
+    print_diagnostics(checked.diagnostics, sources, sys.stderr, args.max_diagnostics)
+    for point, found in checked.elsewhere:  # problems of the command line's values, where they are used
+        print(f"sdflow: sweep point {point.number} of {len(checked.points)} ({point.label}):", file=sys.stderr)
+        print_diagnostics(found, sources, sys.stderr, args.max_diagnostics)
+    if not checked.ok:
         return EXIT_DIAGNOSTICS
+    planned, graphs = checked.points, checked.graphs
     if args.locked:  # each point's models must be the ones the lock pins
-        for number, (point, graph) in enumerate(zip(planned, graphs), start=1):
-            problems = _lock_problems(registry, args, args.file, read.text, graph)
+        for point, graph in zip(planned, graphs):
+            problems = _lock_problems(registry, args, args.file, source, graph)
             if any(d.is_error for d in problems):
-                print(f"sdflow: sweep point {number} of {len(planned)} ({label(point)}):", file=sys.stderr)
-                print_diagnostics(problems, {args.file: read.text}, sys.stderr, args.max_diagnostics)
+                print(f"sdflow: sweep point {point.number} of {len(planned)} ({point.label}):", file=sys.stderr)
+                print_diagnostics(problems, sources, sys.stderr, args.max_diagnostics)
                 return EXIT_DIAGNOSTICS
     versions = {name: info.version for name, info in registry.plugins.items()}
     events = Events(json_stream=sys.stdout if args.json else None)
     # The points share what they have in common (an encoded prompt), not what is large (an image).
     executor = Executor(events, cache=CacheStore(keep_small=True), plugin_versions=versions,
                         explain=sys.stderr if args.explain else None)
+    progress = SweepProgress(events, len(planned))
     firsts, written = [], []
-    for number, (point, graph) in enumerate(zip(planned, graphs), start=1):
-        events.emit("sweep_point", index=number, count=len(planned), point=point)
-        events.status(f"sweep point {number}/{len(planned)}: {label(point)}", final=True)
-        result = _run_graph(executor, graph, options, {args.file: read.text}, args,
-                            f"sweep point {number} ({label(point)})")
+    for point, graph in zip(planned, graphs):
+        progress.point(point)
+        result = _run_graph(executor, graph, options, sources, args, f"sweep point {point.number} ({point.label})")
         if isinstance(result, int):
             return result
-        firsts.append((point, next(iter(result.files), None)))
+        progress.point_done()
+        firsts.append((point.values, next(iter(result.files), None)))
         written += result.files
-    sweep = {"axes": {axis.name: list(axis.values) for axis in axes}, "zip": args.zip,
-             "points": [{"point": p, "file": str(f) if f else None} for p, f in firsts]}
-    for title, sheet in contact_sheets(axes, firsts, args.zip):
-        path = write_sheet(sheet, Path(args.output).resolve(), {"sdflow.sweep": json.dumps(sweep), "sdflow.sheet": title,
-                                                      "sdflow.recipe": read.text})
+    progress.finish()
+    for title, sheet in contact_sheets(axes, firsts):
+        path = write_sheet(sheet, Path(args.output).resolve(), {
+            "sdflow.sweep": sheet_record(axes, firsts), "sdflow.sheet": title, "sdflow.recipe": source})
         written.append(path)
         events.emit("file_written", path=str(path))
     if not args.json:
@@ -537,11 +570,13 @@ def _run_graph(executor, graph, options, sources: dict[str, str], args, where: s
         try:
             return executor.run(graph, options)
         except RunError as err:
+            executor.events.end()
             if where:
                 print(f"sdflow: {where}:", file=sys.stderr)
             print_diagnostics(err.diagnostics, sources, sys.stderr, args.max_diagnostics)
             return EXIT_DIAGNOSTICS
         except Interrupted:
+            executor.events.end()
             print(f"sdflow: interrupted{' at ' + where if where else ''}; no partial file was written",
                   file=sys.stderr)
             return 130

@@ -22,7 +22,7 @@ from typing import Any, Iterable, TextIO
 
 from sdflow import ast
 from sdflow.diagnostics import Diagnostic, print_diagnostics
-from sdflow.format import literal
+from sdflow.format import literal, sweep_values
 from sdflow.graph import StageGraph, UsageError, check, resolve_params, stage_keys
 from sdflow.metadata import recorded, recorded_recipe
 from sdflow.registry import Registry
@@ -44,8 +44,8 @@ difference already says it, so it is not said again."""
 class Difference:
     """One difference: ``before`` is None where the thing was added, ``after``
     None where it was removed (an argument left unset counts as absent).
-    ``kind`` is one of param, require, stage (added or removed), stage_type,
-    argument, model, version, run: the order they are printed in."""
+    ``kind`` is one of param, sweep, require, stage (added or removed),
+    stage_type, argument, model, version, run: the order they are printed in."""
 
     kind: str
     path: str
@@ -186,6 +186,43 @@ def params_of(recipe: ast.Recipe) -> dict[str, Any]:
     return values
 
 
+@dataclass(frozen=True)
+class SweepLine:
+    """A ``sweep`` line as compared: each name's values (a range as its
+    numbers, where there are not too many to list), and as written."""
+
+    values: dict[str, Any]
+    text: str
+
+    @property
+    def shown(self) -> str:
+        """Its values as written; with the names where the line has several."""
+        if len(self.values) == 1:
+            return self.text.partition(" = ")[2]
+        return self.text
+
+
+LISTED = 10_000
+"""A range of more numbers than this is compared as its ends and step."""
+
+
+def sweeps_of(recipe: ast.Recipe) -> dict[str, SweepLine]:
+    """Each ``sweep`` line, by the names it moves (``seed`` or ``seed, cfg``)."""
+    lines = {}
+    for statement in recipe.statements:
+        if isinstance(statement, ast.Sweep):
+            values = {}
+            for entry in statement.entries:
+                if isinstance(entry.values, ast.Range):
+                    numbers = entry.values
+                    values[entry.name] = list(numbers.values) if numbers.count <= LISTED else sweep_values(numbers)
+                else:
+                    values[entry.name] = [_written(item, {}, set()) for item in entry.values.items]
+            text = ", ".join(f"{e.name} = {sweep_values(e.values)}" for e in statement.entries)
+            lines[", ".join(values)] = SweepLine(values, text)
+    return lines
+
+
 def requires_of(recipe: ast.Recipe) -> dict[str, str]:
     """Each required plugin and its version range ("" for any)."""
     return {s.plugin: s.specifier or "" for s in recipe.statements if isinstance(s, ast.Require)}
@@ -278,6 +315,8 @@ def _key(value: Any) -> Any:
         return ("string", value)
     if isinstance(value, Reference):
         return ("ref", value.text)
+    if isinstance(value, SweepLine):
+        return ("sweep", _key(value.values))
     if isinstance(value, (list, tuple)):
         return ("list", tuple(_key(item) for item in value))
     if isinstance(value, dict):
@@ -295,6 +334,7 @@ def compare(before: Side, after: Side, registry: Registry) -> list[Difference]:
     validated = before.graph is not None and after.graph is not None
     found = [
         *_changes("param", params_of(before.recipe), params_of(after.recipe)),
+        *_changes("sweep", sweeps_of(before.recipe), sweeps_of(after.recipe)),
         *_changes("require", requires_of(before.recipe), requires_of(after.recipe)),
         *_stage_changes(stages_of(before, registry, validated), stages_of(after, registry, validated)),
     ]
@@ -375,6 +415,10 @@ def render(difference: Difference) -> str:
     if kind == "stage":
         value = after if before is None else before
         return f"{'+' if before is None else '-'} {label} = {_call(value)}"
+    if kind == "sweep":
+        if before is None or after is None:
+            return f"{'+' if before is None else '-'} sweep {(after if before is None else before).text}"
+        return f"~ sweep {path}: {before.shown} -> {after.shown}"
     if kind == "require":
         value = after if before is None else before
         if before is None or after is None:
@@ -416,6 +460,8 @@ def as_json(differences: Iterable[Difference]) -> str:
     def plain(value: Any) -> Any:
         if isinstance(value, Reference):
             return {"ref": value.text}
+        if isinstance(value, SweepLine):
+            return plain(value.values)
         if isinstance(value, (list, tuple)):
             return [plain(item) for item in value]
         if isinstance(value, dict):

@@ -92,6 +92,13 @@ class Events:
         self.json_stream = json_stream
         stream = bar_stream if bar_stream is not None else sys.stderr
         self.bar_stream = stream if (json_stream is None and _is_tty(stream)) else None
+        # Not a terminal and no --json: a heading is a plain line there.
+        self.line_stream = stream if (json_stream is None and self.bar_stream is None) else None
+        # Two lines drawn in place need the cursor to move up: not on a dumb terminal.
+        self.cursor_moves = os.environ.get("TERM", "") != "dumb"
+        self.heading_text: str | None = None
+        self._heading_drawn = False
+        self._line_open = False  # a status line is drawn and not ended
 
     def emit(self, event: str, **fields: Any) -> None:
         if self.json_stream is not None:
@@ -101,28 +108,92 @@ class Events:
     def warning(self, span: Span, message: str, **fields: Any) -> None:
         """A warning from a running stage: an event under ``--json``, else
         ``file:line:col: warning: ...`` on stderr (on a fresh line if a bar
-        is drawn)."""
+        is drawn, and above the heading when one is drawn)."""
         if self.json_stream is not None:
             self.emit("warning", message=message, line=span.line, column=span.column, **fields)
             return
+        text = f"{span.file}:{span.line}:{span.column}: warning: {visible(message)}\n"
+        if self._heading_drawn:
+            # Over the heading's line, then the heading again below it.
+            self.bar_stream.write(f"\x1b[1A\r\x1b[K{text}\x1b[K")
+            self._heading_drawn = False
+            self.heading(self.heading_text)
+            return
         prefix = "\n" if self.bar_stream is not None else ""
-        sys.stderr.write(f"{prefix}{span.file}:{span.line}:{span.column}: warning: {visible(message)}\n")
+        sys.stderr.write(prefix + text)
         sys.stderr.flush()
+
+    def heading(self, text: str | None) -> None:
+        """A line that stays above the status line while work of several
+        runs goes on (a sweep's point and its overall progress): on a
+        terminal it is redrawn in place, the stage and step line under it;
+        elsewhere each heading is a plain line (nothing under ``--json``,
+        whose events say the same).  ``None`` ends it: the last heading
+        stays, the line under it is cleared."""
+        if text is None:
+            if self._heading_drawn:
+                self.bar_stream.write("\r\x1b[K")
+                self.bar_stream.flush()
+            self.heading_text, self._heading_drawn = None, False
+            return
+        self.heading_text = text
+        if self.line_stream is not None:
+            self.line_stream.write(visible(text) + "\n")
+            self.line_stream.flush()
+        if self.bar_stream is None:
+            return
+        if not self.cursor_moves:
+            self.bar_stream.write(f"\r{visible(text):<72}\n")
+        else:
+            up = "\x1b[1A" if self._heading_drawn else ""
+            self.bar_stream.write(f"{up}\r\x1b[K{_fit(visible(text))}\n")
+            self._heading_drawn = True
+        self.bar_stream.flush()
+
+    def _line(self, text: str, final: bool) -> None:
+        """The status line: under a heading, redrawn in place even when final."""
+        if self._heading_drawn:
+            self.bar_stream.write(f"\r\x1b[K{_fit(text)}")
+        else:
+            self.bar_stream.write(f"\r{text:<72}" + ("\n" if final else ""))
+            self._line_open = not final
+        self.bar_stream.flush()
+
+    def end(self) -> None:
+        """Leave what is drawn in place as it is (a run stopped short), so
+        that what is printed next starts on a line of its own."""
+        if self._heading_drawn or self._line_open:
+            self.bar_stream.write("\n")
+            self.bar_stream.flush()
+        self.heading_text, self._heading_drawn, self._line_open = None, False, False
 
     def status(self, text: str, final: bool = False) -> None:
         """One line about a stage, rewritten in place until it is final."""
         if self.bar_stream is not None:
-            self.bar_stream.write(f"\r{text:<72}" + ("\n" if final else ""))
-            self.bar_stream.flush()
+            self._line(text, final)
 
     def bar(self, label: str, done: int, total: int, seconds: float, final: bool = False) -> None:
         if self.bar_stream is None:
             return
         width = 24
         filled = int(width * done / total) if total else width
-        text = f"\r{label:<28} {'#' * filled}{'.' * (width - filled)} {done}/{total} {seconds:6.1f}s"
-        self.bar_stream.write(text + ("\n" if final else ""))
-        self.bar_stream.flush()
+        self._line(f"{label:<28} {'#' * filled}{'.' * (width - filled)} {done}/{total} {seconds:6.1f}s", final)
+
+
+def _fit(text: str) -> str:
+    """``text`` cut to the terminal's width: a line that wrapped would
+    throw off the cursor's move up to the heading."""
+    import shutil
+
+    from sdflow.text import display_width
+
+    most = shutil.get_terminal_size((80, 24)).columns - 1
+    if display_width(text) <= most:
+        return text
+    text = text[:most]
+    while display_width(text) > most - 1:
+        text = text[:-1]
+    return text + "…"
 
 
 def _is_tty(stream: TextIO) -> bool:

@@ -120,6 +120,10 @@ def _statement_lines(statement: ast.Statement, comments: _Comments) -> list[str]
         # A comment inside a list over several lines is kept above the param.
         above = [comment.text.rstrip() for comment in comments.closing]
         return above + _with_trailing(f"param {statement.name} = {_value(statement.default, 0)}", trailing)
+    if isinstance(statement, ast.Sweep):
+        above = [comment.text.rstrip() for comment in comments.closing]
+        entries = ", ".join(f"{entry.name} = {sweep_values(entry.values)}" for entry in statement.entries)
+        return above + _with_trailing(f"sweep {entries}", trailing)
     head = f"{statement.name} = {statement.stage_type}(" if statement.name else f"{statement.stage_type}("
     args = [f"{a.name}={_value(a.value, 1)}" for a in statement.args]
     one_line = head + ", ".join(args) + ")"
@@ -157,6 +161,14 @@ def _value(value: ast.Value, depth: int) -> str:
     return "[\n" + "".join(f"{pad}{item},\n" for item in items) + INDENT * depth + "]"
 
 
+def sweep_values(values: ast.Range | ast.ListValue) -> str:
+    """A sweep's values as ``sdflow fmt`` writes them: ``1..8``, ``8..0..2``, ``[a, b]``."""
+    if isinstance(values, ast.Range):
+        step = f"..{values.step}" if values.step is not None else ""
+        return f"{values.start}..{values.end}{step}"
+    return _value(values, 0)
+
+
 def literal(value) -> str:
     """A recipe's literal for a param's value (a number, boolean, string or
     list of them), as the parser reads it back."""
@@ -172,19 +184,22 @@ def literal(value) -> str:
     raise TypeError(f"no recipe literal for {type(value).__name__}")
 
 
-def with_param_defaults(text: str, values: dict, file: str = "<recipe>") -> str:
+def with_param_defaults(text: str, values: dict, file: str = "<recipe>", without_sweeps: bool = False) -> str:
     """``text`` with each param's default replaced by its value in ``values``
     where the two differ; everything else (comments, layout) as it was.  A
-    recipe that does not parse, or a value with no literal, is left alone."""
+    recipe that does not parse, or a value with no literal, is left alone.
+
+    ``without_sweeps``: also remove the ``sweep`` lines (and a blank line
+    they leave doubled), so the text is the one run those values made."""
     from sdflow.parse import parse
 
     recipe, errors = parse(text, file)
     if errors:
         return text
     starts = [0]
-    for line in text.splitlines(keepends=True):
-        starts.append(starts[-1] + len(line))
-    edits = []
+    for line in text.split("\n"):  # lines as the parser counts them (not str.splitlines's)
+        starts.append(min(starts[-1] + len(line) + 1, len(text)))
+    edits = _sweep_removals(recipe, text, starts) if without_sweeps else []
     for statement in recipe.statements:
         if not isinstance(statement, ast.Param) or statement.name not in values:
             continue
@@ -202,3 +217,28 @@ def with_param_defaults(text: str, values: dict, file: str = "<recipe>") -> str:
     for begin, end, written in sorted(edits, reverse=True):
         text = text[:begin] + written + text[end:]
     return text
+
+
+def _sweep_removals(recipe: ast.Recipe, text: str, starts: list[int]) -> list[tuple[int, int, str]]:
+    """The edits that remove the lines of every ``sweep`` statement.  Sweep
+    lines with only blank lines between them go as one run; where the run
+    stood between two blank lines, one of those goes too."""
+    lines = text.split("\n")
+    blank = [line.strip() == "" for line in lines]
+    runs: list[list[int]] = []  # [first line, last line], 1-based
+    for statement in recipe.statements:
+        if not isinstance(statement, ast.Sweep):
+            continue
+        first, last = statement.span.line, statement.span.end_line
+        if runs and all(blank[runs[-1][1] : first - 1]):
+            runs[-1][1] = last
+        else:
+            runs.append([first, last])
+    edits = []
+    for first, last in runs:
+        blank_before = first >= 2 and blank[first - 2]
+        blank_after = last >= len(lines) or blank[last]
+        if blank_before and blank_after:
+            first -= 1
+        edits.append((starts[first - 1], starts[last], ""))
+    return edits

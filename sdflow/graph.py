@@ -232,6 +232,7 @@ class _Checker:
         for statement in self.recipe.statements:
             if isinstance(statement, ast.Stage):
                 self.check_stage(statement)
+        self.check_sweeps()
         if syntax_ok:
             self.check_outputs()
             self.check_cycles()
@@ -322,6 +323,80 @@ class _Checker:
         if self._suggest_names is None:
             self._suggest_names = Suggestions([*self.param_decls, *self.stage_decls])
         return self._suggest_names(word)
+
+    # sweeps -------------------------------------------------------------------
+    def check_sweeps(self) -> None:
+        """Each ``sweep`` line: every name a param, swept once; every value a
+        value of the param's type; the values of one line as many.  The
+        points themselves are checked by :mod:`sdflow.sweep`."""
+        swept: dict[str, ast.SweepValues] = {}
+        for statement in self.recipe.statements:
+            if not isinstance(statement, ast.Sweep):
+                continue
+            counts: dict[str, int] = {}
+            for entry in statement.entries:
+                known = self.check_swept_name(entry, swept)
+                count = self.check_sweep_values(entry, self.params.get(entry.name, _INVALID) if known else _INVALID)
+                if count is not None:
+                    counts[entry.name] = count
+            if len(counts) == len(statement.entries) and len(set(counts.values())) > 1:
+                self.error("E262", "the names of one sweep line move together, so they need as many values: "
+                           + ", ".join(f"{name} has {count:,}" for name, count in counts.items()),
+                           statement.span, "give each as many values, or sweep them on separate lines"
+                           " to combine every value of one with every value of the other")
+
+    def check_swept_name(self, entry: ast.SweepValues, swept: dict[str, ast.SweepValues]) -> bool:
+        """Whether ``entry`` names a param not swept before (reporting why not)."""
+        name = entry.name
+        if name not in self.param_decls:
+            if name in self.stage_decls:
+                self.error("E260", f"'{name}' is a stage's result; only a param can be swept", entry.name_span,
+                           f"declare a param (param {name}_value = ...), use it in the stage, and sweep that")
+            elif name not in self.recipe.broken_names:
+                params = list(self.param_decls)
+                hint = did_you_mean(name, params) or (f"the recipe's params are {one_of(params)}" if params
+                                                      else f"declare it first: param {name} = VALUE")
+                self.error("E260", f"the recipe has no param '{name}' to sweep", entry.name_span, hint)
+            return False
+        if name in swept:
+            first = swept[name].name_span
+            self.error("E261", f"param '{name}' is swept twice", entry.name_span,
+                       f"first swept at line {first.line}; a param moves along one axis (names on one line"
+                       " move together)")
+            return False
+        swept[name] = entry
+        return True
+
+    def check_sweep_values(self, entry: ast.SweepValues, default: Any) -> int | None:
+        """How many values ``entry`` gives (None where they are wrong, after
+        reporting why); each must be of the type of the param's ``default``
+        (not checked where that is unknown)."""
+        values, name = entry.values, entry.name
+        if isinstance(values, ast.Range):
+            if values.step is not None and values.step <= 0:
+                self.error("E263", f"a range's step must be positive, got {values.step}", values.span,
+                           f"write {values.start}..{values.end}..{abs(values.step) or 1} (a range counts down"
+                           " by itself when it ends below its start)")
+                return None
+            if default is not _INVALID and (isinstance(default, bool) or not isinstance(default, (int, float))):
+                self.error("E264", f"param '{name}' is {_kind(default)}, like its default; a range gives integers",
+                           values.span, f"list its values instead: sweep {name} = [...]")
+                return None
+            return values.count
+        if not values.items:
+            self.error("E263", f"a sweep of '{name}' over no values", values.span,
+                       "list one value or more; to run the recipe once, remove the sweep line")
+            return None
+        ok = True
+        for item in values.items:
+            value = _literal_value(item, self.diagnostics, "a sweep's value")
+            if value is _INVALID:
+                ok = False
+            elif default is not _INVALID and not _same_type(default, value):
+                self.error("E264", f"param '{name}' is {_kind(default)}, like its default, not {_kind(value)}",
+                           item.span, "a sweep's values are of its param's type, as --set reads them")
+                ok = False
+        return len(values.items) if ok else None
 
     # one stage ------------------------------------------------------------
     def check_stage(self, stage: ast.Stage) -> None:
@@ -726,6 +801,16 @@ _TYPE_WORDS = {
     "int_type": "an integer", "int_from_float": "an integer", "float_type": "a number",
     "string_type": "a string", "bool_type": "true or false", "list_type": "a list",
 }
+
+
+def _same_type(default: Any, value: Any) -> bool:
+    """Whether ``value`` may stand for a param of ``default``'s type (an
+    integer for a number too, as ``--set`` reads one)."""
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) and isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return type(default) is type(value)
 
 
 def _kind(value: Any) -> str:

@@ -28,10 +28,15 @@ def recorded(fields: Mapping[str, str], name: str) -> dict[str, Any]:
 
 def recorded_recipe(fields: Mapping[str, str], file: str = "<recipe>") -> str:
     """An output's recipe with the params it ran with (``--set`` included)
-    written in as the defaults: a recipe that makes it again by itself."""
+    written in as the defaults: a recipe that makes it again by itself.
+
+    An output of one point of a sweep ran once, so its ``sweep`` lines are
+    dropped; a sweep's contact sheet (which records the ``sweep``) keeps
+    them, its recipe being the whole sweep."""
     from sdflow.format import with_param_defaults
 
-    return with_param_defaults(fields["recipe"], recorded(fields, "params"), file)
+    return with_param_defaults(fields["recipe"], recorded(fields, "params"), file,
+                               without_sweeps="sweep" not in fields)
 
 
 def output_metadata(*, recipe: str, params: Mapping[str, Any],

@@ -39,6 +39,8 @@ _TOKEN_WORDS = {
     "TRUE": "'true'",
     "FALSE": "'false'",
     "PARAM": "'param'",
+    "SWEEP": "'sweep'",
+    "RANGE": "a range",
     "REQUIRE": "'require'",
     "EQUAL": "'='",
     "COMMA": "','",
@@ -106,6 +108,22 @@ class _Builder(Transformer):
         node = ast.Param(str(name), value, self.span(keyword).to(value.span), self.span(name))
         self.statements.append(node)
         return node
+
+    def sweep(self, children):
+        keyword = children[0]
+        entries = tuple(c for c in children if isinstance(c, ast.SweepValues))
+        node = ast.Sweep(entries, self.span(keyword).to(entries[-1].span), self.span(keyword))
+        self.statements.append(node)
+        return node
+
+    def sweep_values(self, children):
+        name, _eq, values = children
+        return ast.SweepValues(str(name), values, self.span(name).to(values.span), self.span(name))
+
+    def range(self, children):
+        (tok,) = children
+        start, end, *step = (int(part) for part in str(tok).split(".."))
+        return ast.Range(start, end, step[0] if step else None, self.span(tok))
 
     def stage(self, children):
         children = [c for c in children if c is not None]
@@ -390,7 +408,7 @@ def _lex(parser: _Parser, source: str, builder: _Builder, diagnostics: list) -> 
             line, line_start = end_line, line_start_after
         else:
             tok = _token(kind, value, pos, line, column, line, column + len(value), end)
-        if kind in ("INT", "FLOAT") and len(value) > _MAX_DIGITS:
+        if kind in ("INT", "FLOAT", "RANGE") and len(value) > _MAX_DIGITS:
             diagnostics.append(Diagnostic(
                 "E109", f"a number of {len(value)} characters", builder.span(tok),
                 f"numbers have at most {_MAX_DIGITS} digits; a long text belongs in quotes"))
@@ -497,7 +515,7 @@ def _statements(tokens: Iterator[Token], too_deep: list[Token]) -> Iterator[tupl
 
 def _starts_statement(tokens: list[Token], i: int) -> bool:
     kinds = [t.type for t in tokens[i : i + 6]]
-    if kinds[:1] in (["PARAM"], ["REQUIRE"]):
+    if kinds[:1] in (["PARAM"], ["REQUIRE"], ["SWEEP"]):
         return True
     named = kinds[:2] == ["NAME", "EQUAL"]
     call = kinds[2:] if named else kinds
@@ -567,6 +585,10 @@ def _syntax_code(tok: Token, expected: set[str], prev: Token | None) -> str:
 
 
 def _syntax_help(tok, expected, prev, chunk, i) -> str | None:
+    if chunk[0].type == "SWEEP":
+        return _sweep_help(tok, expected, prev, chunk[i + 1] if i + 1 < len(chunk) else None)
+    if tok.type == "RANGE":
+        return f"a range is a sweep's values, not a value: write 'sweep NAME = {tok}' on a line of its own"
     inside = _inside_call(chunk, i)
     if not inside:
         return _statement_help(tok, expected, prev, chunk)
@@ -604,6 +626,25 @@ def _statement_help(tok, expected, prev, chunk) -> str | None:
     if first.type == "REQUIRE":
         return 'write: require plugin_name ">=1.0" (the version range may be left out)'
     return "a statement is 'name = stage(...)', 'stage(...)', 'param name = value' or 'sdflow 1'"
+
+
+def _sweep_help(tok, expected, prev, after) -> str:
+    """Help for a sweep statement that does not parse (``after``: the token after the bad one)."""
+    ranged = (tok.type == "DOT" or (after is not None and after.type == "DOT")
+              or (tok.type == "FLOAT" and prev is not None and prev.type in ("FLOAT", "INT", "DOT")))
+    if ranged:
+        return "a range is whole numbers, written A..B or A..B..STEP without spaces; " \
+               "other values go in a list: [0.5, 1.0, 1.5]"
+    if tok.type in ("INT", "FLOAT", "STRING", "LONG_STRING", "TRUE", "FALSE") and prev is not None \
+            and prev.type == "EQUAL":
+        one = str(tok) if len(tok) <= 40 and "\n" not in tok else "..."
+        return f"a sweep's values are a range (1..8) or a list; one value is a list of one: [{one}]"
+    if tok.type == "NAME" and prev is not None and prev.type == "EQUAL":
+        return "a sweep's values are written out: a range (1..8) or a list of values"
+    if "COMMA" in expected and tok.type == "NAME":
+        return "separate the names of one sweep line with ','"
+    return "write: sweep name = 1..8, or sweep name = [a, b, c]; names on one line move together: " \
+           "sweep a = 1..3, b = [x, y, z]"
 
 
 def _inside_call(chunk: list[Token], i: int) -> bool:

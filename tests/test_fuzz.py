@@ -125,7 +125,7 @@ MUTATIONS = [
 
 # Well-formed recipes in every layout the grammar allows: any spacing, line
 # breaks and comments inside brackets, trailing commas, long strings.
-KEYWORDS = {"param", "true", "false"}
+KEYWORDS = {"param", "sweep", "require", "true", "false"}
 names = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,7}", fullmatch=True).filter(
     lambda n: n not in KEYWORDS
 )
@@ -145,6 +145,8 @@ strings = st.one_of(
     ),
 )
 refs = st.builds(lambda n, p: n if p is None else f"{n}.{p}", names, st.none() | names)
+ranges = st.builds(lambda a, b, step: f"{a}..{b}" + (f"..{step}" if step is not None else ""),
+                   ints, ints, st.none() | ints)
 literals = st.one_of(ints, floats, strings, st.sampled_from(["true", "false"]), refs)
 
 
@@ -167,11 +169,18 @@ def _bracketed(draw, open_, items, close):
 
 @st.composite
 def statements(draw):
-    kind = draw(st.sampled_from(["header", "param", "stage", "stage", "output"]))
+    kind = draw(st.sampled_from(["header", "param", "sweep", "stage", "stage", "output"]))
     if kind == "header":
         return f"sdflow {draw(st.integers(0, 3))}"
     if kind == "param":
         return f"param {draw(names)} = {draw(values())}"
+    if kind == "sweep":
+        entries = []
+        for _ in range(draw(st.integers(1, 3))):
+            swept = draw(ranges) if draw(st.booleans()) else \
+                _bracketed(draw, "[", draw(st.lists(values(1), max_size=3)), "]")
+            entries.append(f"{draw(names)} = {swept}")
+        return "sweep " + ", ".join(entries)
     args = [f"{draw(names)}{draw(gaps)}={draw(gaps)}{draw(values())}"
             for _ in range(draw(st.integers(0, 4)))]
     call = draw(names) + _bracketed(draw, "(", args, ")")
