@@ -659,6 +659,9 @@ def _cmd_replay(args) -> int:
         raise _Usage(f"{image}: {err}") from None
     if "recipe" not in fields:
         raise _Usage(f"{image}: no sdflow recipe in this image (sdflow import reads other tools' images)")
+    if "sweep" in fields:
+        raise _Usage(f"{image} is a sweep's contact sheet, drawn from its points' images: replay one of those "
+                     "(sdflow show lists them)")
     registry = _registry()
     options = _run_options(registry, args, Path.cwd())
     executor = Executor(plugin_versions={name: info.version for name, info in registry.plugins.items()})

@@ -66,6 +66,10 @@ def test_a_sweep_writes_each_point_and_a_labelled_sheet(tmp_path, capsys):
                  "--set", "cfg=4"]) == 0
     (alone,) = (tmp_path / "alone").iterdir()
     assert np.array_equal(np.asarray(Image.open(alone)), np.asarray(Image.open(printed[4])))
+    # The sheet is no image a recipe drew: replay says so, and which to replay.
+    replayed = sdflow_cli("replay", printed[-1], "--output", str(tmp_path / "replayed"))
+    assert (replayed.returncode, replayed.stdout) == (2, "")
+    assert "is a sweep's contact sheet, drawn from its points' images: replay one of those" in replayed.stderr
 
 
 def test_a_bad_point_is_named_before_anything_runs(tmp_path):
