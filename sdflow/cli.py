@@ -131,6 +131,11 @@ def _parser(with_settings: bool = False) -> argparse.ArgumentParser:
     lock = sub.add_parser("lock", help="write FILE.lock: the models, stage versions and versions a run depends on")
     lock.add_argument("file", metavar="FILE")
     _add_set(lock)
+    lock.add_argument("--sweep", action="append", default=[], metavar="NAME=VALUES",
+                      help="lock the models of every point of this sweep too (as run --sweep takes it)")
+    lock.add_argument("--zip", action="store_true", help="pair the --sweep axes value by value")
+    lock.add_argument("--no-sweep", action="store_true", help="lock the recipe's defaults alone, not its sweep")
+    lock.add_argument("--yes", action="store_true", help="lock a sweep of more than 256 points")
     if with_settings:
         from sdflow.settings import add_arguments
 
@@ -294,7 +299,8 @@ def _cmd_check(args) -> int:
             status = EXIT_USAGE
             continue
         if graph is not None and args.locked:
-            diagnostics = [*diagnostics, *_lock_problems(registry, args, path, source, graph)]
+            graphs = list(checked.graphs) if swept else [graph]
+            diagnostics = [*diagnostics, *_lock_problems(registry, args, path, source, graphs)]
             graph = None if any(d.is_error for d in diagnostics) else graph
         print_diagnostics(diagnostics, {path: source}, sys.stderr, args.max_diagnostics)
         failed = graph is None or (args.strict and diagnostics)
@@ -322,18 +328,38 @@ def _folder_of(file: str) -> Path:
     return Path(file).resolve().parent
 
 
-def _lock_of(registry, args, file: str, source: str, graph) -> dict:
-    """The lock ``file``'s run would have here (raises RunError)."""
+def _lock_of(registry, args, file: str, source: str, graphs: list) -> dict:
+    """The lock ``file``'s run would have here (raises RunError): of every
+    point of its sweep when ``graphs`` are the points', each model of each
+    point in it."""
     from sdflow.execute import Executor
-    from sdflow.lock import make_lock
+    from sdflow.lock import make_lock, merged
 
     versions = {name: info.version for name, info in registry.plugins.items()}
     options = _run_options(registry, args, _folder_of(file))
-    return make_lock(graph, Executor(plugin_versions=versions), options, file, source, _overrides(args.set), versions)
+    executor = Executor(plugin_versions=versions)
+    return merged([make_lock(graph, executor, options, file, source, _overrides(args.set), versions)
+                   for graph in graphs])
 
 
-def _lock_problems(registry, args, file: str, source: str, graph) -> list:
-    """What differs from ``file``'s lock file (``--locked``)."""
+def _points_of(args, registry, graph) -> list:
+    """The graphs of each point of the recipe's sweep (with the command
+    line's ``--sweep``, if it has one), or the graph alone."""
+    if getattr(args, "no_sweep", False):
+        return [graph]
+    from sdflow.sweep import SweepError, parse_axis
+
+    try:
+        command = [parse_axis(spec) for spec in getattr(args, "sweep", [])]
+    except SweepError as err:
+        raise _Usage(str(err)) from None
+    _axes, checked = _sweep_points(args, registry, graph, _overrides(args.set), command)
+    return [graph] if checked is None or not checked.ok else list(checked.graphs)
+
+
+def _lock_problems(registry, args, file: str, source: str, graphs: list) -> list:
+    """What differs from ``file``'s lock file (``--locked``), for every
+    point of a sweep when ``graphs`` are the points'."""
     from sdflow.execute import RunError
     from sdflow.lock import compare, lock_path, read_lock
 
@@ -342,10 +368,10 @@ def _lock_problems(registry, args, file: str, source: str, graph) -> list:
     if problem is not None:
         return [problem]
     try:
-        now = _lock_of(registry, args, file, source, graph)
+        now = _lock_of(registry, args, file, source, graphs)
     except RunError as err:
         return list(err.diagnostics)
-    return compare(lock, path, now, graph)
+    return compare(lock, path, now, graphs[0])
 
 
 def _cmd_lock(args) -> int:
@@ -357,7 +383,7 @@ def _cmd_lock(args) -> int:
     if graph is None:
         return EXIT_DIAGNOSTICS
     try:
-        lock = _lock_of(registry, args, args.file, source, graph)
+        lock = _lock_of(registry, args, args.file, source, _points_of(args, registry, graph))
     except RunError as err:
         print_diagnostics(err.diagnostics, {args.file: source}, sys.stderr, args.max_diagnostics)
         return EXIT_DIAGNOSTICS
@@ -457,7 +483,7 @@ def _cmd_run(args) -> int:
         if swept is not None:
             return swept
     if args.locked:
-        problems = _lock_problems(registry, args, args.file, source, graph)
+        problems = _lock_problems(registry, args, args.file, source, [graph])
         print_diagnostics(problems, {args.file: source}, sys.stderr, args.max_diagnostics)
         if any(d.is_error for d in problems):
             return EXIT_DIAGNOSTICS
@@ -493,7 +519,7 @@ def _sweep_points(args, registry, graph, overrides: dict[str, str], command=()):
     if not axes:
         return [], None
     total = count(axes)
-    if total > MAX_POINTS and not args.yes:
+    if total > MAX_POINTS and not getattr(args, "yes", False):
         if command:
             raise _Usage(f"the sweep has {total:,} points (more than {MAX_POINTS}); add --yes to run them all")
         return axes, CheckedSweep([], [], [too_many(graph.recipe, axes, total)], [])
@@ -528,12 +554,10 @@ def _cmd_sweep(args, registry, options, source: str, graph):
         return EXIT_DIAGNOSTICS
     planned, graphs = checked.points, checked.graphs
     if args.locked:  # each point's models must be the ones the lock pins
-        for point, graph in zip(planned, graphs):
-            problems = _lock_problems(registry, args, args.file, source, graph)
-            if any(d.is_error for d in problems):
-                print(f"sdflow: sweep point {point.number} of {len(planned)} ({point.label}):", file=sys.stderr)
-                print_diagnostics(problems, sources, sys.stderr, args.max_diagnostics)
-                return EXIT_DIAGNOSTICS
+        problems = _lock_problems(registry, args, args.file, source, graphs)
+        print_diagnostics(problems, sources, sys.stderr, args.max_diagnostics)
+        if any(d.is_error for d in problems):
+            return EXIT_DIAGNOSTICS
     versions = {name: info.version for name, info in registry.plugins.items()}
     events = Events(json_stream=sys.stdout if args.json else None)
     # The points share what they have in common (an encoded prompt), not what is large (an image).

@@ -61,6 +61,19 @@ def make_lock(graph, executor, options, recipe_file: str, recipe_text: str, over
     }
 
 
+def merged(locks: list[dict[str, Any]]) -> dict[str, Any]:
+    """One lock for the points of a sweep: every model each point reads,
+    every stage each runs; the rest (recipe, versions, settings) is one."""
+    lock = locks[0]
+    for other in locks[1:]:
+        for stage, files in other["models"].items():
+            lock["models"].setdefault(stage, {}).update(files)
+        lock["stages"].update(other["stages"])
+    lock["models"] = {stage: dict(sorted(files.items())) for stage, files in sorted(lock["models"].items())}
+    lock["stages"] = dict(sorted(lock["stages"].items()))
+    return lock
+
+
 def dump(lock: dict[str, Any]) -> str:
     return json.dumps(lock, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 

@@ -121,5 +121,35 @@ def test_a_locked_sweep_checks_every_points_models(setup):
     result = sdflow_cli("run", "--locked", recipe.name, "--models-dir", str(models), "--output", "out",
                         "--sweep", "checkpoint=tiny-sd1.safetensors,tiny-sd2.safetensors", cwd=tmp_path)
     assert result.returncode == 1
-    assert "sweep point 2 of 2 (checkpoint=tiny-sd2.safetensors):" in result.stderr
-    assert "E612 ckpt reads tiny-sd2.safetensors" in result.stderr and not (tmp_path / "out").exists()
+    assert "E612 ckpt reads tiny-sd2.safetensors" in result.stderr and "which tiny.sdflow.lock does not list" \
+        in result.stderr and not (tmp_path / "out").exists()
+    # Locked with the sweep, the lock pins both points' models, and the locked run goes ahead.
+    sweep = ("--sweep", "checkpoint=tiny-sd1.safetensors,tiny-sd2.safetensors")
+    assert lock(tmp_path, recipe, models, *sweep).returncode == 0
+    result = sdflow_cli("run", "--locked", recipe.name, "--models-dir", str(models), "--output", "out", *sweep,
+                        cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_sweep_over_models_locks_every_points_model(setup):
+    """A recipe whose sweep runs two checkpoints: the lock pins both, a
+    locked check of the sweep passes, and once the second checkpoint
+    changes a locked run is an error naming it, before anything runs."""
+    tmp_path, recipe, models = setup
+
+    def second(seed: int) -> None:
+        made = tiny_checkpoint(tmp_path / f"made{seed}", "sd1", seed=seed)
+        shutil.move(made, models / "checkpoints" / "other-sd1.safetensors")
+
+    second(1)
+    recipe.write_text(recipe.read_text().replace(
+        "param steps", 'sweep checkpoint = ["tiny-sd1.safetensors", "other-sd1.safetensors"]\nparam steps', 1))
+    assert lock(tmp_path, recipe, models).returncode == 0
+    data = json.loads((tmp_path / "tiny.sdflow.lock").read_text())
+    assert sorted(data["models"]["ckpt"]) == ["other-sd1.safetensors", "tiny-sd1.safetensors"]
+    check = sdflow_cli("check", "--locked", recipe.name, "--models-dir", str(models), cwd=tmp_path)
+    assert (check.returncode, check.stderr) == (0, "tiny.sdflow: ok (a sweep of 2 points)\n")
+    second(2)
+    run = sdflow_cli("run", "--locked", recipe.name, "--models-dir", str(models), "--output", "out", cwd=tmp_path)
+    assert run.returncode == 1 and "E612 other-sd1.safetensors differs from the lock" in run.stderr
+    assert not (tmp_path / "out").exists()
