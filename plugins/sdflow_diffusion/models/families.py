@@ -8,17 +8,24 @@ kind is (its text encoders, its conditioning) is described once, in
 :mod:`.architectures`; adding a family of a known kind is adding a folder.
 
 :func:`detect_family` names the family of a state dict from its keys AND
-shapes: from each family's configs it derives every tensor a checkpoint of
-that family must hold, in the original single-file layout, with its shape
-(built on the meta device: nothing is allocated).  A file matches a family
-when it holds all of them with those shapes; extra tensors (EMA copies, the
-last OpenCLIP layer SD 2.x does not use, ``position_ids``) are ignored.  So a
-real SD 1.5 file and the tiny test model are told apart by shape alone.
+shapes: every tensor a checkpoint of a family must hold, in the original
+single-file layout, with its shape, is listed in the family's shape table
+(``configs/<name>/shapes.json.gz``).  A file matches a family when it holds
+all of them with those shapes; extra tensors (EMA copies, the last OpenCLIP
+layer SD 2.x does not use, ``position_ids``) are ignored.  So a real SD 1.5
+file and the tiny test model are told apart by shape alone, in milliseconds
+and without torch.  The tables are derived from the configs
+(:func:`shapes_from_configs`: the models built on the meta device, which
+takes seconds with the imports it needs) and written by
+``training/shape_tables.py``; a test checks that each still agrees with its
+configs.
 """
 
 from __future__ import annotations
 
 import functools
+import gzip
+import json
 import types
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,6 +36,7 @@ from sdflow_diffusion.models.architectures import architecture, kind_of_keys
 from sdflow_diffusion.models.files import read_json
 
 FAMILIES_DIR = Path(__file__).parent / "configs"
+SHAPE_TABLE = "shapes.json.gz"
 PARTS = {"model.diffusion_model.": "U-Net", "first_stage_model.": "VAE",
          "cond_stage_model.": "text encoder", "conditioner.embedders.": "text encoder"}
 
@@ -104,13 +112,33 @@ def build_components(folder: Path, kind: str, meta: bool = False) -> dict[str, A
 @functools.cache
 def expected_shapes(name: str) -> Mapping[str, tuple[int, ...]]:
     """Every tensor a single-file checkpoint of family ``name`` must hold,
-    with its shape, derived from the family's configs (read-only: cached)."""
+    with its shape: the family's shape table, or where it has none (a folder
+    added without running ``training/shape_tables.py``) what its configs
+    give (read-only: cached)."""
+    table = family_dir(name) / SHAPE_TABLE
+    if not table.is_file():
+        return types.MappingProxyType(shapes_from_configs(name))
+    shapes = json.loads(gzip.decompress(table.read_bytes()))["shapes"]
+    return types.MappingProxyType({key: tuple(shape) for key, shape in shapes.items()})
+
+
+def shapes_from_configs(name: str) -> dict[str, tuple[int, ...]]:
+    """Every tensor of family ``name`` in the original layout, with its
+    shape, derived from its configs: its models built on the meta device."""
     from sdflow_diffusion.models.ldm_layout import to_original
 
     kind = family_info(name)["kind"]
     components = build_components(family_dir(name), kind, meta=True)
-    shapes = {key: tuple(value.shape) for key, value in to_original(components, kind).items()}
-    return types.MappingProxyType(shapes)
+    return {key: tuple(value.shape) for key, value in to_original(components, kind).items()}
+
+
+def shape_table(name: str) -> bytes:
+    """The shape table of family ``name`` as it is shipped: gzip'd JSON,
+    keys sorted, no timestamp, so that writing it again changes no byte."""
+    shapes = shapes_from_configs(name)
+    text = json.dumps({"family": name, "written_by": "training/shape_tables.py",
+                       "shapes": {key: list(shapes[key]) for key in sorted(shapes)}}, indent=0)
+    return gzip.compress(text.encode("utf-8"), compresslevel=9, mtime=0)
 
 
 def detect_family(keys_and_shapes: Mapping[str, Any], prediction: str | None = None) -> str:

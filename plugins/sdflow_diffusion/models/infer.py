@@ -9,7 +9,8 @@ layers, no middle block.  The original single-file layout says all of it:
 channels.  So, as ComfyUI's model detection does, the config is read from
 the keys and shapes, starting from the nearest family's config for what
 shapes cannot say (attention heads, embeddings), and the U-Net is built
-from it and loaded by renaming keys (the inverse of :mod:`.ldm_layout`).
+from it and its tensors read as a family's are (:func:`.ldm_layout.sources`).
+:func:`unet_from_original` renames a U-Net's tensors in memory (a ControlNet's).
 Torch-free except :func:`unet_from_original`'s callers.
 """
 

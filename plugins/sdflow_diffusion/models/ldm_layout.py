@@ -11,15 +11,22 @@ its own when loading; this module goes the other way, for two reasons:
 * family detection derives, from each shipped config, the keys and shapes a
   checkpoint of that family must have (:mod:`sdflow_diffusion.models.families`).
 
+Loading goes the same way, key by key: :func:`sources` names, for each
+tensor of a component built from its config, where in a user's file it is
+(:class:`Source`), so that the loader reads exactly those tensors, one at a
+time, and no renamed copy of the file's state dict is ever made.
+
 Everything here works on meta tensors too: only names and shapes are used,
 apart from the few tensors that are reshaped (concatenated or transposed).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
-from sdflow_diffusion.models.architectures import architecture, kind_of_folder
+from sdflow_diffusion.models.architectures import TextEncoder, architecture, kind_of_folder
 
 UNET = "model.diffusion_model."
 VAE = "first_stage_model."
@@ -126,6 +133,22 @@ def vae_to_original(state: dict[str, Any], config: Any) -> dict[str, Any]:
     """The VAE keeps most names; its blocks are ``down.N.block.M``, its up
     blocks are numbered from the bottom, and its mid-block attention is
     stored as 1x1 convolutions rather than linear layers."""
+    table = vae_prefixes(config)
+    result = {}
+    for key, value in state.items():
+        new = _vae_key(key, table)
+        if ".mid.attn_1." in new and new.endswith("weight") and value.ndim == 2:
+            value = value[:, :, None, None]  # linear -> 1x1 convolution
+        result[new] = value
+    return result
+
+
+def _vae_key(key: str, table: dict[str, tuple[str, tuple]]) -> str:
+    return _rename(key, table).replace(".conv_shortcut.", ".nin_shortcut.")
+
+
+def vae_prefixes(config: Any) -> dict[str, tuple[str, tuple]]:
+    """diffusers VAE prefix -> (original prefix, renames inside it)."""
     count = len(config["block_out_channels"])
     table = {f"{part}.{name}.": (f"{part}.{name}.", ())
              for part in ("encoder", "decoder") for name in ("conv_in", "conv_out")}
@@ -142,13 +165,7 @@ def vae_to_original(state: dict[str, Any], config: Any) -> dict[str, Any]:
         table[f"encoder.down_blocks.{block}.downsamplers.0.conv."] = (f"encoder.down.{block}.downsample.conv.", ())
         table[f"decoder.up_blocks.{block}.resnets."] = (f"decoder.up.{up}.block.", ())
         table[f"decoder.up_blocks.{block}.upsamplers.0.conv."] = (f"decoder.up.{up}.upsample.conv.", ())
-    result = {}
-    for key, value in state.items():
-        new = _rename(key, table).replace(".conv_shortcut.", ".nin_shortcut.")
-        if ".mid.attn_1." in new and new.endswith("weight") and value.ndim == 2:
-            value = value[:, :, None, None]  # linear -> 1x1 convolution
-        result[new] = value
-    return result
+    return table
 
 
 def clip_to_original(state: dict[str, Any]) -> dict[str, Any]:
@@ -186,3 +203,75 @@ def open_clip_to_original(state: dict[str, Any]) -> dict[str, Any]:
         else:
             raise KeyError(f"no original-layout name for text encoder key {key!r}")
     return result
+
+
+# -- the way back: where each tensor of a component is in a single file --------------------------
+
+@dataclass(frozen=True)
+class Source:
+    """Where one tensor of a diffusers component is in an original-layout
+    file: its ``key``; the ``rows`` of it that are this tensor (OpenCLIP
+    keeps query, key and value in one matrix), or None for all of it; and
+    whether it is stored ``transposed`` (OpenCLIP's text projection).  A
+    tensor stored with other unit dimensions (the VAE's attention, 1x1
+    convolutions there and linear layers in diffusers) is reshaped by the
+    loader."""
+
+    key: str
+    rows: tuple[int, int] | None = None
+    transposed: bool = False
+
+
+def sources(part: str, keys: Iterable[str], config: Any, kind: str | None = None, prefix: str | None = None,
+            layout: str = "original") -> dict[str, Source]:
+    """For each key of component ``part`` (unet, vae, text_encoder,
+    text_encoder_2 of ``kind``), built from ``config`` (the U-Net's or the
+    VAE's config; a text encoder's, for its width), where its tensor is in
+    a single file whose ``part`` is under ``prefix`` (by default where a
+    whole checkpoint keeps it), in the original ``layout`` or in diffusers'
+    own (a VAE saved by diffusers: the same keys)."""
+    if layout == "diffusers":
+        return {key: Source((prefix or "") + key) for key in keys}
+    if part == "unet":
+        table = unet_prefixes(config)
+        return {key: Source(_or(prefix, UNET) + _rename(key, table)) for key in keys}
+    if part == "vae":
+        table = vae_prefixes(config)
+        return {key: Source(_or(prefix, VAE) + _vae_key(key, table)) for key in keys}
+    encoder = encoder_of(kind, part)
+    start = _or(prefix, encoder.prefix)
+    if encoder.layout == "clip":
+        return {key: Source(start + "text_model." + key.removeprefix("text_model.")) for key in keys}
+    return {key: open_clip_source(key, start, config["hidden_size"]) for key in keys}
+
+
+def _or(prefix: str | None, default: str) -> str:
+    return default if prefix is None else prefix
+
+
+def encoder_of(kind: str, subfolder: str) -> TextEncoder:
+    return next(e for e in architecture(kind).text_encoders if e.subfolder == subfolder)
+
+
+_OPEN_CLIP_NAMES = {"embeddings.token_embedding.weight": "token_embedding.weight",
+                    "embeddings.position_embedding.weight": "positional_embedding",
+                    "final_layer_norm.weight": "ln_final.weight", "final_layer_norm.bias": "ln_final.bias"}
+
+
+def open_clip_source(key: str, prefix: str, width: int) -> Source:
+    """Where the OpenCLIP tensor of diffusers' ``key`` is (see
+    :func:`open_clip_to_original`, the way there)."""
+    name = key.removeprefix("text_model.")
+    if name in _OPEN_CLIP_NAMES:
+        return Source(prefix + _OPEN_CLIP_NAMES[name])
+    if name == "text_projection.weight":
+        return Source(prefix + "text_projection", transposed=True)
+    if not name.startswith("encoder.layers."):
+        raise KeyError(f"no original-layout name for text encoder key {key!r}")
+    layer, _, rest = name.removeprefix("encoder.layers.").partition(".")
+    block = f"{prefix}transformer.resblocks.{layer}."
+    for index, part in enumerate("qkv"):
+        if rest.startswith(f"self_attn.{part}_proj."):
+            kind = rest.rsplit(".", 1)[1]  # weight or bias
+            return Source(block + f"attn.in_proj_{kind}", rows=(index * width, (index + 1) * width))
+    return Source(block + _rename(rest, {"": ("", _OPEN_CLIP_LAYER)}))

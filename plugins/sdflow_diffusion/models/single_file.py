@@ -2,24 +2,27 @@
 
 The header of a ``.safetensors`` (keys, shapes, metadata) is read first: it
 is enough to detect the family and to refuse a broken or unknown file before
-reading gigabytes.  Then the file is read once into a state dict, and
-diffusers' own single-file conversion builds each component from it,
-configured by the family's shipped config folder (``local_files_only``:
-the shipped folder is complete, nothing is fetched).
+reading gigabytes.  Then each component is built from the family's shipped
+config with its parameters on the meta device (no memory), and the file's
+tensors are read one at a time into their place, in the run's dtype and on
+its device (:mod:`.tensor_file`): the weights exist once, never as a state
+dict beside the model, so a load's peak memory is the model's own size and
+one tensor more.  Where each tensor is in the file is the inverse of
+:mod:`.ldm_layout`'s layout; the result is what diffusers' own single-file
+conversion gives, bit for bit (tests/test_loading_memory.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from sdflow.plugin import StageError
 from sdflow_diffusion.models.architectures import architecture
-from sdflow_diffusion.models.common import PICKLE_SUFFIXES, quiet, vae_dtype
-from sdflow_diffusion.models.files import BROKEN_HELP, header_shapes, regular_file, safetensors_header
+from sdflow_diffusion.models.common import PICKLE_SUFFIXES, parameters_on_meta, quiet, vae_dtype
+from sdflow_diffusion.models.files import BROKEN_HELP, regular_file, safetensors_header
+from sdflow_diffusion.models.tensor_file import TensorDict, TensorFile
 from sdflow_diffusion.settings import DiffusionSettings
 
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
@@ -27,24 +30,25 @@ OTHER_HELP = ("load_checkpoint reads .safetensors files and diffusers folders "
               "(and .ckpt/.pt pickles with --allow-pickle)")
 
 
-def load_single_file(path: Path, settings: DiffusionSettings, prediction: str, dtype: Any) -> tuple[dict[str, Any], Any]:
-    """The components and :class:`Family` of the checkpoint file ``path``."""
+def load_single_file(path: Path, settings: DiffusionSettings, prediction: str, dtype: Any,
+                     device: Any = "cpu") -> tuple[dict[str, Any], Any]:
+    """The components (on ``device``, in ``dtype``) and :class:`Family` of
+    the checkpoint file ``path``."""
     from sdflow_diffusion.models.architectures import kind_of_keys
     from sdflow_diffusion.models.families import detect, family_handle
 
     header = check_single_file(path, settings)
     if header is None:
-        state, metadata = _read_pickle(path), {}
-        shapes = {key: tuple(value.shape) for key, value in state.items()}
+        tensors, metadata = TensorDict(_read_pickle(path), path.name), {}
     else:
-        state, (shapes, metadata) = None, header_shapes(header)
+        tensors, metadata = TensorFile(path, header), dict(header.get("__metadata__") or {})
+    shapes = tensors.shapes
     chosen = resolve_prediction(prediction, shapes, metadata, path, kind_of_keys(shapes))
     name, unet_config = detect(shapes, chosen)
-    if state is None:
-        state = _read_safetensors(path)
     scheduler = {"rescale_betas_zero_snr": True} if "ztsnr" in shapes else {}
     family = family_handle(name, chosen, scheduler_overrides=scheduler)
-    return convert(state, name, dtype, unet_config), family
+    with tensors:
+        return convert(tensors, name, dtype, device, unet_config), family
 
 
 def check_single_file(path: Path, settings: DiffusionSettings) -> dict[str, Any] | None:
@@ -95,89 +99,70 @@ def resolve_prediction(prediction: str, keys: Any, metadata: dict[str, str], pat
     return None
 
 
-def convert(state: dict[str, Any], name: str, dtype: Any, unet_config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Components of family ``name`` from an original-layout state dict,
-    converted by diffusers (the same functions its pipelines'
-    ``from_single_file`` uses), in ``dtype``; with ``unet_config`` (a
-    distilled U-Net's, read off its shapes) the U-Net is built from it and
-    its tensors renamed into place instead."""
+def convert(tensors: TensorFile | TensorDict, name: str, dtype: Any, device: Any = "cpu",
+            unet_config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Components of family ``name`` from the original-layout ``tensors``,
+    in ``dtype`` on ``device``; with ``unet_config`` (a distilled U-Net's,
+    read off its shapes) the U-Net is built from it instead of the
+    family's."""
     import diffusers
     import transformers
-    from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
 
     from sdflow_diffusion.models.families import family_dir, family_info, read_json
     from sdflow_diffusion.models.tokenizer import clip_tokenizer
 
     folder = family_dir(name)
+    kind = family_info(name)["kind"]
     index = read_json(folder / "model_index.json")
-    common = dict(config=str(folder), local_files_only=True)
-    vae_config = read_json(folder / "vae" / "config.json")
-    with quiet(), _no_random_init():
-        components = {
-            "unet": (_unet_from_config(state, unet_config, dtype) if unet_config is not None else
-                     diffusers.UNet2DConditionModel.from_single_file(state, subfolder="unet", torch_dtype=dtype,
-                                                                     **common)),
-            "vae": diffusers.AutoencoderKL.from_single_file(state, subfolder="vae",
-                                                            torch_dtype=vae_dtype(vae_config, dtype), **common),
-        }
-        for text_encoder in architecture(family_info(name)["kind"]).text_encoders:
+    configs = {"unet": unet_config or read_json(folder / "unet" / "config.json"),
+               "vae": read_json(folder / "vae" / "config.json")}
+    with quiet():
+        with parameters_on_meta():
+            models = {"unet": diffusers.UNet2DConditionModel.from_config(configs["unet"]),
+                      "vae": diffusers.AutoencoderKL.from_config(configs["vae"])}
+        components = {"unet": fill(models["unet"], "unet", tensors, dtype, device, configs["unet"]),
+                      "vae": fill(models["vae"], "vae", tensors, vae_dtype(configs["vae"], dtype), device,
+                                  configs["vae"])}
+        for text_encoder in architecture(kind).text_encoders:
             encoder = text_encoder.subfolder
             model_class = getattr(transformers, index[encoder][1])
-            components[encoder] = create_diffusers_clip_model_from_ldm(
-                model_class, state, subfolder=encoder, torch_dtype=dtype, **common)
+            config = model_class.config_class.from_pretrained(str(folder), subfolder=encoder, local_files_only=True)
+            with parameters_on_meta():
+                model = model_class(config)
+            components[encoder] = fill(model, encoder, tensors, dtype, device, config.to_dict(), kind)
             components[encoder.replace("text_encoder", "tokenizer")] = clip_tokenizer(text_encoder.pad)
     return components
 
 
-def _unet_from_config(state: dict[str, Any], config: dict[str, Any], dtype: Any):
-    """A U-Net built on the meta device from ``config`` and given the file's
-    tensors (every one: ``strict``), in ``dtype``."""
-    import diffusers
-    import torch
+def fill(model: Any, part: str, tensors: TensorFile | TensorDict, dtype: Any, device: Any, config: Any,
+         kind: str | None = None, prefix: str | None = None, layout: str = "original"):
+    """``model`` (component ``part``, its parameters on the meta device)
+    given each of its tensors from ``tensors``, read one at a time, in
+    ``dtype`` on ``device`` (see :func:`.ldm_layout.sources` for the other
+    arguments)."""
+    from sdflow_diffusion.models.ldm_layout import sources
 
-    from sdflow_diffusion.models.infer import unet_from_original
-
-    with torch.device("meta"):
-        unet = diffusers.UNet2DConditionModel.from_config(config)
-    weights = {key: value.to(dtype) for key, value in unet_from_original(state, unet.config).items()}
-    unet.load_state_dict(weights, strict=True, assign=True)
-    return unet.eval()
-
-
-@contextlib.contextmanager
-def _no_random_init() -> Iterator[None]:
-    """Skip the random initialisation of the models about to be loaded.
-
-    Without ``accelerate``, diffusers builds each model with random weights
-    before copying the file's in (11 s of 14 for SD 1.5 on two cores).  It
-    is safe to skip here: :func:`detect_family` has proved that the file
-    holds every tensor of the family with its shape, and the tests prove
-    that the conversion fills every parameter.
-    """
-    from diffusers.models.modeling_utils import no_init_weights as diffusers_no_init
-
-    try:
-        from transformers.initialization import no_init_weights as transformers_no_init
-    except ImportError:  # transformers 4
-        from transformers.modeling_utils import no_init_weights as transformers_no_init
-    with diffusers_no_init(), transformers_no_init():
-        yield
-
-
-def _read_safetensors(path: Path) -> dict[str, Any]:
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path))
-    except Exception as err:
-        raise _unreadable(path, err) from None
-
-
-def _unreadable(path: Path, err: Exception) -> StageError:
-    size = path.stat().st_size if path.exists() else 0
-    known = path.suffix.lower() in SAFETENSORS_SUFFIXES
-    return StageError(f"cannot read '{path.name}' ({size} bytes): not a valid safetensors file ({err})",
-                      help=BROKEN_HELP if known else OTHER_HELP)
+    expected = model.state_dict()  # meta tensors: names and shapes only
+    plan = sources(part, expected, config, kind, prefix, layout)
+    missing = sorted(source.key for source in plan.values() if source.key not in tensors.shapes)
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise StageError(f"'{tensors.name}' has no tensor '{missing[0]}'{more}, which the {part} needs",
+                         help=BROKEN_HELP)
+    weights = {}
+    for key, source in sorted(plan.items(), key=lambda item: tensors.position(item[1].key)):
+        value = tensors.tensor(source.key, dtype, device, source.rows)
+        if source.transposed:
+            value = value.T.contiguous()
+        shape = expected[key].shape
+        if value.shape != shape:
+            if [n for n in value.shape if n != 1] != [n for n in shape if n != 1]:
+                raise StageError(f"tensor '{source.key}' of '{tensors.name}' has shape {list(value.shape)}, where "
+                                 f"the {part} needs {list(shape)}", help=BROKEN_HELP)
+            value = value.view(shape)  # 1x1 convolution <-> linear layer: unit dimensions only
+        weights[key] = value
+    model.load_state_dict(weights, strict=True, assign=True)
+    return model.eval()
 
 
 def _read_pickle(path: Path) -> dict[str, Any]:
@@ -198,26 +183,20 @@ def _read_pickle(path: Path) -> dict[str, Any]:
     return {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}
 
 
-def vae_from_single_file(path: Path, layout: str, family: str, dtype: Any):
+def vae_from_single_file(path: Path, layout: str, family: str, dtype: Any, device: Any = "cpu"):
     """The VAE alone in the file ``path`` (checked: its shapes are
     ``family``'s), its keys in the "original" layout (with or without the
-    checkpoint's ``first_stage_model.`` prefix, converted by diffusers) or
-    in diffusers' own."""
+    checkpoint's ``first_stage_model.`` prefix) or in diffusers' own, read
+    tensor by tensor as a checkpoint is."""
     import diffusers
-    import torch
 
     from sdflow_diffusion.models.families import family_dir, read_json
     from sdflow_diffusion.models.ldm_layout import VAE
 
-    state = _read_safetensors(path)
-    if any(key.startswith(VAE) for key in state):  # a VAE saved with its checkpoint's prefix
-        state = {key[len(VAE):]: value for key, value in state.items() if key.startswith(VAE)}
-    if layout == "original":
-        with quiet(), _no_random_init():
-            return diffusers.AutoencoderKL.from_single_file({VAE + k: v for k, v in state.items()}, subfolder="vae",
-                                                            config=str(family_dir(family)), torch_dtype=dtype,
-                                                            local_files_only=True)
-    with torch.device("meta"):
-        vae = diffusers.AutoencoderKL.from_config(read_json(family_dir(family) / "vae" / "config.json"))
-    vae.load_state_dict({key: value.to(dtype) for key, value in state.items()}, strict=True, assign=True)
-    return vae
+    tensors = TensorFile(path, safetensors_header(path, path.name))
+    prefix = VAE if any(key.startswith(VAE) for key in tensors.shapes) else ""
+    config = read_json(family_dir(family) / "vae" / "config.json")
+    with quiet(), parameters_on_meta():
+        vae = diffusers.AutoencoderKL.from_config(config)
+    with tensors:
+        return fill(vae, "vae", tensors, dtype, device, config, prefix=prefix, layout=layout)
