@@ -23,10 +23,23 @@
 5. ``first image``: the SD 1.5 weights written as one fp16 single file in
    the original layout, and ``sdflow run`` of the default recipe on it at
    512x512 as a fresh process: seconds from process start to the PNG.
+6. ``options``: that file loaded with each of sdflow's run options, at
+   512x512, fp16, batch 1: it/s (prompts encoded and sampled, medians of
+   ``--repeats`` after a first image) and peak GPU memory of a whole image
+   for the defaults, ``--channels-last``, ``--compile`` (the first image's
+   seconds, which compile the U-Net, reported apart) and ``--lowvram``, each
+   image's largest pixel difference to the defaults', and diffusers'
+   pipeline's default it/s on the same modules (``--compile``'s target: 1.3
+   times it); the VAE decoding a 1024x1024 latent with and without
+   ``--vae-tiling`` (peak memory, seconds); and determinism: the default
+   recipe twice, each a fresh process, with ``--deterministic`` (the same
+   pixels?), and without it the same seed twice in this process.
 
 ``--tiny`` shrinks 4 and 5 to the tiny models at 64x64, 2 steps, one
-repeat, and 3 to two examples, so that the script's every path runs on a
-CPU in about a minute (tests/test_benchmarks.py runs it).  Prints one line
+repeat, 3 to two examples, and 6 to sdflow-tiny at 64x64 (its VAE at
+128x128; ``--compile`` only where inductor finds a C++ compiler), so that
+the script's every path runs on a CPU in about two minutes
+(tests/test_gpu_benchmark.py runs it).  Prints one line
 per figure as it goes and the whole report as JSON at the end (``--json``:
 also written to FILE, after each section, so a run cut short keeps what it
 measured).
@@ -59,7 +72,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None, help="also write the report here")
     parser.add_argument("--only", nargs="+", default=None, metavar="SECTION",
-                        help="run these sections only (default_recipe kinds examples full_size first_image)")
+                        help="run these sections only (default_recipe kinds examples full_size first_image "
+                             "options)")
     parser.add_argument("--sdxl-batches", type=int, nargs="+", default=[1, 4], metavar="N",
                         help="the SDXL batch sizes full_size measures (default 1 4)")
     args = parser.parse_args(argv)
@@ -77,7 +91,8 @@ def main(argv: list[str] | None = None) -> dict:
                 ("kinds", lambda: every_kind(args.device)),
                 ("examples", lambda: examples(args.device, ALL_EXAMPLES[:2] if args.tiny else ALL_EXAMPLES)),
                 ("full_size", lambda: full_size(args.device, args.tiny, args.steps, args.repeats, args.sdxl_batches)),
-                ("first_image", lambda: first_image(args.device, args.tiny, args.steps)))
+                ("first_image", lambda: first_image(args.device, args.tiny, args.steps)),
+                ("options", lambda: options(args.device, args.tiny, args.steps, args.repeats)))
     for name, run in sections:
         if args.only is not None and name not in args.only:
             continue
@@ -96,10 +111,11 @@ def main(argv: list[str] | None = None) -> dict:
     return report
 
 
-def settings(device: str, dtype: str = "auto"):
+def settings(device: str, dtype: str = "auto", **flags):
+    """The diffusion plugin's settings; ``flags``: run options (compile=True...)."""
     from sdflow_diffusion.settings import DiffusionSettings
 
-    return DiffusionSettings(device=device, dtype=dtype)
+    return DiffusionSettings(device=device, dtype=dtype, **flags)
 
 
 def default_recipe(device: str) -> dict:
@@ -312,18 +328,20 @@ def _full_size_kind(kind: str, size: int, device: str, tiny: bool, steps: int, r
 
 
 def measure(runs: dict, repeats: int, cuda: bool) -> dict:
-    """Median seconds of each run after a warm-up, the runs alternating
-    (twice through, best median kept), and each one's peak GPU memory."""
+    """Median seconds of each run after a warm-up (the first time through
+    only), the runs alternating (twice through, best median kept), and each
+    one's peak GPU memory."""
     import torch
 
     seconds: dict[str, list[float]] = {name: [] for name in runs}
     peaks: dict[str, float] = {}
-    for _ in range(2):
+    for time_through in range(2):
         for name, run in runs.items():
             if cuda:
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
-            run()  # warm-up
+            if time_through == 0:
+                run()  # warm-up
             times = []
             for _ in range(repeats):
                 if cuda:
@@ -340,21 +358,33 @@ def measure(runs: dict, repeats: int, cuda: bool) -> dict:
                    **({"peak_gib": round(peaks[name], 2)} if cuda else {})} for name in runs}
 
 
-def first_image(device: str, tiny: bool, steps: int) -> dict:
-    """SD 1.5 as one fp16 file in the original layout, then the default
-    recipe on it as a fresh process, twice (once with --tiny)."""
+_SD15_FILES: dict[tuple[str, bool], Path] = {}
+
+
+def sd15_file(device: str, tiny: bool) -> Path:
+    """SD 1.5 (the tiny SD 1.x with ``tiny``) as one fp16 file in the
+    original layout, under ``FOLDER/checkpoints/``: written once a run."""
     import torch
 
     from sdflow_diffusion.models.ldm_layout import to_original
     from safetensors.torch import save_file
 
-    components, _ = full_size_handles("sd1", device, tiny)
-    folder = Path(tempfile.mkdtemp())
-    path = folder / "checkpoints" / "sd15-random.safetensors"
-    path.parent.mkdir(parents=True)
-    state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in to_original(components).items()}
-    del components
-    save_file(state, str(path))
+    if (device, tiny) not in _SD15_FILES:
+        components, _ = full_size_handles("sd1", device, tiny)
+        path = Path(tempfile.mkdtemp()) / "checkpoints" / "sd15-random.safetensors"
+        path.parent.mkdir(parents=True)
+        state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in to_original(components).items()}
+        del components
+        save_file(state, str(path))
+        _SD15_FILES[device, tiny] = path
+    return _SD15_FILES[device, tiny]
+
+
+def first_image(device: str, tiny: bool, steps: int) -> dict:
+    """SD 1.5 as one fp16 file in the original layout, then the default
+    recipe on it as a fresh process, twice (once with --tiny)."""
+    path = sd15_file(device, tiny)
+    folder = path.parent.parent
     size = 64 if tiny else 512
     row: dict = {"file_gib": round(path.stat().st_size / 2**30, 2)}
     for attempt in ("first",) if tiny else ("first", "second"):
@@ -370,6 +400,187 @@ def first_image(device: str, tiny: bool, steps: int) -> dict:
         row[f"{attempt}_process_seconds"] = round(time.perf_counter() - start, 2)
     print(f"first image, SD 1.5 single file at {size}x{size}: {row}", flush=True)
     return row
+
+
+SHIPPED = ROOT / "plugins" / "sdflow_diffusion" / "models" / "tiny" / "sdflow-tiny.safetensors"
+PROMPT, NEGATIVE = "a small red triangle at the left on a blue background", "blurry"
+
+
+def options(device: str, tiny: bool, steps: int, repeats: int) -> dict:
+    """Each run option of sdflow on SD 1.5 at 512x512, fp16, batch 1 (with
+    ``tiny``: sdflow-tiny at 64x64 on the CPU): see the module's docs."""
+    import gc
+
+    import torch
+
+    from sdflow_diffusion.models.load import load_checkpoint
+    from sdflow_diffusion.models.run_options import compiler_problem
+
+    cuda = device == "cuda"
+    path = SHIPPED if tiny else sd15_file(device, tiny)
+    size = 64 if tiny else 512
+    chosen = {"defaults": {}, "channels_last": {"channels_last": True}, "compile": {"compile": True},
+              "lowvram": {"lowvram": True}}
+    problem = compiler_problem(torch.device(device))
+    results: dict = {"size": size, "steps": steps, "file": path.name}
+    if problem is not None:
+        del chosen["compile"]
+        results["compile"] = {"skipped": problem}
+    reference = None
+    for name, flags in chosen.items():
+        try:
+            handles = load_checkpoint(path, settings(device, "auto", **flags))
+            row, image = _option_row(handles, size, steps, repeats, cuda, twice=reference is None)
+            if reference is None:
+                reference = image
+                results["diffusers_defaults"] = _pipeline_row(handles, size, steps, repeats, cuda)
+                results["vae_tiling"] = _tiling_row(handles[2], 128 if tiny else 1024, cuda)
+            row["max_pixel_difference_to_defaults"] = int((image - reference).abs().max())
+        except Exception as err:  # one option that breaks is reported; the others still run
+            row = {"error": f"{type(err).__name__}: {err}"}
+        results[name] = row
+        print(f"options, {name}: {row}", flush=True)
+        handles = None
+        gc.collect()
+        if cuda:
+            torch.cuda.empty_cache()
+    if "its" in results.get("compile", {}) and "its" in results["diffusers_defaults"]:
+        results["compile_over_diffusers_defaults"] = round(results["compile"]["its"]
+                                                           / results["diffusers_defaults"]["its"], 3)
+    results["determinism"] = _determinism(device, tiny, path, size, steps, results.get("defaults", {}))
+    print(f"options: diffusers {results['diffusers_defaults']}, VAE tiling {results['vae_tiling']}, "
+          f"determinism {results['determinism']}", flush=True)
+    return results
+
+
+def _timed(run, cuda: bool) -> float:
+    import torch
+
+    if cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    run()
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def _option_row(handles, size: int, steps: int, repeats: int, cuda: bool, twice: bool = False):
+    """A loaded model's first image (with --compile: the compilation),
+    then its it/s (prompts encoded and sampled, median of ``repeats``) and
+    the peak GPU memory of a whole image; and that image (0-255).
+    ``twice``: a second whole image, and whether its pixels are the first's."""
+    import torch
+
+    from sdflow_diffusion.numerics.decode import decode
+    from sdflow_diffusion.numerics.encode import encode_text
+    from sdflow_diffusion.numerics.sampling import empty_latent, sample
+    from sdflow_diffusion.stages.sample import Sample
+
+    model, clip, vae = handles
+    params = Sample(seed=1, steps=steps, cfg=7.5)
+
+    def latent():
+        return sample(model, encode_text(clip, PROMPT), encode_text(clip, NEGATIVE), empty_latent(size, size, 1),
+                      params)
+
+    first = _timed(latent, cuda)
+    seconds = statistics.median(_timed(latent, cuda) for _ in range(repeats))
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    image = (decode(vae, latent()) * 255).round()
+    row = {"first_image_seconds": round(first, 3), "seconds": round(seconds, 4), "its": round(steps / seconds, 2)}
+    if cuda:
+        row["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    row["first_image_extra_seconds"] = round(first - seconds, 3)  # --compile: compiling the U-Net
+    if twice:
+        row["same_pixels_in_process"] = bool(torch.equal(image, (decode(vae, latent()) * 255).round()))
+    return row, image
+
+
+def _pipeline_row(handles, size: int, steps: int, repeats: int, cuda: bool) -> dict:
+    """diffusers' pipeline on the same modules and scheduler, as it comes:
+    its it/s over the same work (prompts encoded, latents sampled)."""
+    import diffusers
+    import torch
+
+    from sdflow_diffusion.numerics.sampling import make_scheduler
+
+    model, clip, vae = handles
+    pipe = diffusers.StableDiffusionPipeline(
+        vae=vae.vae, text_encoder=clip.encoders[0], tokenizer=clip.tokenizers[0], unet=model.unet,
+        scheduler=make_scheduler(model.family, "euler", "normal"), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+
+    def latent():
+        pipe(PROMPT, negative_prompt=NEGATIVE, height=size, width=size, num_inference_steps=steps,
+             guidance_scale=7.5, generator=torch.Generator("cpu").manual_seed(1), output_type="latent")
+
+    _timed(latent, cuda)
+    seconds = statistics.median(_timed(latent, cuda) for _ in range(repeats))
+    return {"seconds": round(seconds, 4), "its": round(steps / seconds, 2)}
+
+
+def _tiling_row(vae, size: int, cuda: bool) -> dict:
+    """The VAE decoding one ``size`` x ``size`` latent whole and in tiles
+    (diffusers' tiling, what --vae-tiling switches on): peak GPU memory,
+    seconds, and the largest pixel difference between the two."""
+    import torch
+
+    from sdflow_diffusion.handles import Latent
+    from sdflow_diffusion.numerics.decode import decode
+
+    latent = Latent(torch.randn((1, 4, size // 8, size // 8), generator=torch.Generator().manual_seed(2)))
+    row, images = {"size": size, "tile": vae.vae.tile_sample_min_size}, {}
+    for tiled in (False, True):
+        if tiled:
+            vae.vae.enable_tiling()
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        label = "tiled" if tiled else "whole"
+        start = time.perf_counter()
+        try:
+            images[label] = (decode(vae, latent) * 255).round()
+        except torch.cuda.OutOfMemoryError:
+            row[label] = "out of memory"
+            continue
+        finally:
+            vae.vae.disable_tiling()
+        row[f"{label}_seconds"] = round(time.perf_counter() - start, 3)
+        if cuda:
+            row[f"{label}_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    if len(images) == 2:
+        row["max_pixel_difference"] = int((images["whole"] - images["tiled"]).abs().max())
+    return row
+
+
+def _determinism(device: str, tiny: bool, path: Path, size: int, steps: int, defaults: dict) -> dict:
+    """The default recipe on ``path`` twice with --deterministic, each a
+    fresh process (CUBLAS_WORKSPACE_CONFIG is read when cuBLAS starts):
+    whether the two PNGs have the same pixels.  Without it: whether the
+    defaults' repeated images in this process had (``defaults``)."""
+    import numpy as np
+    from PIL import Image
+
+    folder = Path(tempfile.mkdtemp())
+    images = []
+    for attempt in range(2):
+        out = folder / f"out-{attempt}"
+        command = [sys.executable, "-m", "sdflow.cli", "run", str(EXAMPLES / "txt2img.sdflow"), "--device", device,
+                   "--deterministic", "--output", str(out), "--set", f"size={size}", "--set", f"steps={steps}"]
+        if path != SHIPPED:
+            command += ["--models-dir", str(path.parent.parent), "--set", f"checkpoint={path.name}"]
+        env = {k: v for k, v in os.environ.items() if k != "CUBLAS_WORKSPACE_CONFIG"}  # sdflow sets it
+        result = subprocess.run(command, capture_output=True, text=True, env={**env, "HF_HUB_OFFLINE": "1"})
+        if result.returncode != 0:
+            return {"error": result.stderr[-2000:]}
+        (png,) = out.iterdir()
+        images.append(np.asarray(Image.open(png).convert("RGB")).astype(int))
+    return {"deterministic_same_pixels": bool((images[0] == images[1]).all()),
+            "deterministic_max_pixel_difference": int(np.abs(images[0] - images[1]).max()),
+            "without_same_pixels_in_process": defaults.get("same_pixels_in_process")}
 
 
 if __name__ == "__main__":

@@ -113,6 +113,10 @@ def test_plugins_shows_name_version_and_what_each_adds():
         "    --device / $SDFLOW_DEVICE (default 'auto'): where models run: auto is CUDA when there is a GPU, else the CPU\n"
     ) + result.stdout.split("else the CPU\n", 1)[1]
     assert "    --models-dir / $SDFLOW_MODELS: where model names are looked up" in result.stdout
+    settings = [line.split(" / ")[0].strip() for line in result.stdout.split("  settings:\n", 1)[1].splitlines()
+                if line.startswith("    --")]
+    assert settings == ["--device", "--dtype", "--models-dir", "--allow-pickle", "--inputs", "--deterministic",
+                        "--compile", "--channels-last", "--vae-tiling", "--lowvram"]
 
 
 # sdflow graph --------------------------------------------------------------------------

@@ -32,3 +32,12 @@ def test_the_gpu_benchmark_runs_every_section_on_the_cpu(tmp_path):
     for row in report["full_size"].values():
         assert row["sdflow"]["seconds"] > 0 and row["diffusers"]["seconds"] > 0
     assert report["first_image"]["first_process_seconds"] > 0
+    options = report["options"]  # each run option, on sdflow-tiny
+    for name in ("defaults", "channels_last", "lowvram"):
+        assert options[name]["its"] > 0
+    assert options["defaults"]["same_pixels_in_process"] and options["lowvram"]["max_pixel_difference_to_defaults"] == 0
+    assert options["channels_last"]["max_pixel_difference_to_defaults"] <= 1
+    assert options["compile"].get("skipped") or options["compile"]["max_pixel_difference_to_defaults"] <= 1
+    assert options["diffusers_defaults"]["its"] > 0
+    assert options["vae_tiling"]["whole_seconds"] > 0 and options["vae_tiling"]["tiled_seconds"] > 0
+    assert options["determinism"]["deterministic_same_pixels"] is True

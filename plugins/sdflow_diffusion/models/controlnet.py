@@ -199,6 +199,7 @@ def load_controlnet(checked: ControlNetFile, shown: str, settings) -> ControlNet
     from sdflow_diffusion.models.common import quiet
     from sdflow_diffusion.models.device import resolve_device
     from sdflow_diffusion.models.families import family_handle
+    from sdflow_diffusion.models.run_options import storage_device
 
     device, dtype = resolve_device(settings)
     config = controlnet_config(checked)
@@ -216,8 +217,8 @@ def load_controlnet(checked: ControlNetFile, shown: str, settings) -> ControlNet
     if checked.layout == "original":
         state = to_diffusers(state, _unet_config(checked.family))
     net.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
-    with quiet():
-        net = net.to(device=device, dtype=dtype).eval()
+    with quiet():  # kept on the CPU with --lowvram: the sampler moves it while it runs
+        net = net.to(device=storage_device(settings, device), dtype=dtype).eval()
     return ControlNetHandle(net, family_handle(checked.family), shown, device, dtype)
 
 

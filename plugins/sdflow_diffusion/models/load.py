@@ -5,8 +5,9 @@ Two layouts load:
 * a single file in the original Stable Diffusion key layout (what ComfyUI's
   ``models/checkpoints`` holds), by :mod:`.single_file`: its header is read
   first, so that an unknown or broken file is refused before gigabytes are
-  read; its family is detected from keys and shapes; then diffusers converts
-  each component, configured by the family's shipped configs.
+  read; its family is detected from keys and shapes (shipped shape tables);
+  then each component is built from the family's shipped configs and its
+  tensors read into it one at a time, in the run's dtype, on its device.
   ``.safetensors`` only, unless ``--allow-pickle``;
 * a diffusers folder (``model_index.json``), by :mod:`.diffusers_folder`,
   loaded as it is, with the shipped CLIP tokenizer where it has none; its
@@ -60,12 +61,14 @@ def load_checkpoint(path: Path, settings: DiffusionSettings | None = None, predi
     found and what to do.
     """
     from sdflow_diffusion.models.device import resolve_device
+    from sdflow_diffusion.models.run_options import storage_device
 
     if prediction not in PREDICTIONS:
         raise StageError(f"prediction must be one of {', '.join(PREDICTIONS)}, not '{prediction}'")
     settings = settings or DiffusionSettings()
     checked = inspect_checkpoint(path, settings)
     device, dtype = resolve_device(settings)
+    place = storage_device(settings, device)  # the CPU with --lowvram
     if isinstance(checked, DiffusersFolder):
         from sdflow_diffusion.models.diffusers_folder import load_folder
 
@@ -73,19 +76,24 @@ def load_checkpoint(path: Path, settings: DiffusionSettings | None = None, predi
     else:
         from sdflow_diffusion.models.single_file import load_single_file
 
-        components, family = load_single_file(checked, settings, prediction, dtype)
-    return _handles(components, family, device, dtype)
+        components, family = load_single_file(checked, settings, prediction, dtype, place)
+    return _handles(components, family, device, dtype, settings, place)
 
 
-def _handles(components: dict[str, Any], family: Any, device: Any, dtype: Any):
+def _handles(components: dict[str, Any], family: Any, device: Any, dtype: Any, settings: Any, place: Any):
+    """The handles of the run's ``device``, their modules kept on ``place``
+    (the device, or the CPU with --lowvram) and made ready as the settings
+    ask (--channels-last, --compile, --vae-tiling)."""
     from sdflow_diffusion.handles import ClipHandle, ModelHandle, VaeHandle
+    from sdflow_diffusion.models.run_options import prepare_unet, prepare_vae
 
     vae_type = vae_dtype(components["vae"].config, dtype)
     names = [n for n in ("text_encoder", "text_encoder_2") if n in components]
     with quiet():  # the weights are already in their dtype: this only moves them
-        unet = components["unet"].to(device=device, dtype=dtype).eval()
-        vae = components["vae"].to(device=device, dtype=vae_type).eval()
-        encoders = tuple(components[n].to(device=device, dtype=dtype).eval() for n in names)
+        unet = components["unet"].to(device=place, dtype=dtype).eval()
+        vae = components["vae"].to(device=place, dtype=vae_type).eval()
+        encoders = tuple(components[n].to(device=place, dtype=dtype).eval() for n in names)
+    unet, vae = prepare_unet(unet, settings, device), prepare_vae(vae, settings)
     tokenizers = tuple(components[n.replace("text_encoder", "tokenizer")] for n in names)
     return (ModelHandle(unet, family, device, dtype),
             ClipHandle(tokenizers, encoders, family, device, dtype),
@@ -218,8 +226,10 @@ def load_vae(checked: VaeFile, family: str, settings: DiffusionSettings):
     from sdflow_diffusion.handles import VaeHandle
     from sdflow_diffusion.models.device import resolve_device
     from sdflow_diffusion.models.families import family_dir, family_handle, read_json
+    from sdflow_diffusion.models.run_options import prepare_vae, storage_device
 
     device, dtype = resolve_device(settings)
+    place = storage_device(settings, device)  # the CPU with --lowvram
     config = checked.config or read_json(family_dir(family) / "vae" / "config.json")
     vae_type = vae_dtype(config, dtype)
     if checked.config is not None:
@@ -229,7 +239,7 @@ def load_vae(checked: VaeFile, family: str, settings: DiffusionSettings):
     else:
         from sdflow_diffusion.models.single_file import vae_from_single_file
 
-        vae = vae_from_single_file(checked.weights, checked.layout, family, vae_type)
+        vae = vae_from_single_file(checked.weights, checked.layout, family, vae_type, place)
     with quiet():
-        vae = vae.to(device=device, dtype=vae_type).eval()
-    return VaeHandle(vae, family_handle(family), device, vae_type)
+        vae = vae.to(device=place, dtype=vae_type).eval()
+    return VaeHandle(prepare_vae(vae, settings), family_handle(family), device, vae_type)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from sdflow_diffusion.handles import Latent, VaeHandle
+from sdflow_diffusion.models.run_options import on_device
 from sdflow_diffusion.numerics.space import check_space
 
 
@@ -20,7 +21,8 @@ def decode(vae: VaeHandle, latent: Latent) -> torch.Tensor:
     The batch is decoded in one call, as the pipelines do (convolution
     kernels round differently for different batch sizes, so this is what
     keeps a batch bit-identical to theirs).  If the GPU runs out of memory,
-    the batch is decoded again one image at a time.
+    the batch is decoded again one image at a time (``--vae-tiling``: each
+    image larger than the VAE's own size in tiles, by diffusers' tiling).
     """
     family = vae.family
     check_space(latent, family, "the VAE")
@@ -28,11 +30,12 @@ def decode(vae: VaeHandle, latent: Latent) -> torch.Tensor:
     if family.vae_shift_factor is not None:
         z = z + family.vae_shift_factor
     z = z.to(vae.dtype)
-    try:
-        pixels = _decode(vae, z)
-    except torch.cuda.OutOfMemoryError:
-        torch.cuda.empty_cache()
-        pixels = torch.cat([_decode(vae, one) for one in z.split(1)])
+    with on_device(vae.device, vae.vae):  # on the device only now with --lowvram
+        try:
+            pixels = _decode(vae, z)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            pixels = torch.cat([_decode(vae, one) for one in z.split(1)])
     return pixels.permute(0, 2, 3, 1).contiguous()
 
 

@@ -47,8 +47,9 @@ def encode_text(clip: ClipHandle, text: str | Sequence[str], convention: Convent
     words name, by NAME.  ``text`` may be one prompt per text encoder
     (SDXL's text_l and text_g: ComfyUI's CLIPTextEncodeSDXL)."""
     from sdflow_diffusion.models.patches import applied
+    from sdflow_diffusion.models.run_options import on_device
 
-    with applied(clip):
+    with on_device(clip.device, *clip.encoders), applied(clip):  # on the device only now with --lowvram
         return _encode(clip, text, convention, embeddings or {})
 
 

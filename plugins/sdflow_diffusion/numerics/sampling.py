@@ -28,12 +28,15 @@ float32 on the CPU.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
 from sdflow.plugin import StageError
 from sdflow_diffusion.handles import Conditioning, Family, Latent, ModelHandle
 from sdflow_diffusion.models.patches import applied
+from sdflow_diffusion.models.run_options import compile_errors, on_device
 from sdflow_diffusion.numerics.denoiser import (
     UNetCall,
     add_control,
@@ -82,12 +85,23 @@ def sample(model: ModelHandle, positive: Conditioning, negative: Conditioning, l
 
     if params.sampler.startswith(DIFFUSERS):
         _one_plain_entry(positive, negative, params.sampler)
-        with applied(model):
+        with running(model, positive, negative):
             return diffusers_sample(model, positive, negative, latent, params, progress)
-    with applied(model):
+    with running(model, positive, negative):
         return ksample(model, positive, negative, latent, seed=params.seed, steps=params.steps, cfg=params.cfg,
                        sampler=params.sampler, scheduler=params.scheduler, denoise=params.denoise,
                        options=params.sampler_options(), progress=progress)
+
+
+@contextmanager
+def running(model: ModelHandle, positive: Conditioning, negative: Conditioning) -> Iterator[None]:
+    """While sampling: the U-Net and the prompts' ControlNets on the device
+    (kept on the CPU with --lowvram), the model's patches (a LoRA) applied,
+    and a failure of --compile said as an error of its own."""
+    nets = {id(net): net for cond in (positive, negative) for entry in cond.entries for control in entry.control
+            if (net := getattr(getattr(control, "handle", None), "net", None)) is not None}
+    with on_device(model.device, model.unet, *nets.values()), applied(model), compile_errors():
+        yield
 
 
 def _one_plain_entry(positive: Conditioning, negative: Conditioning, sampler: str) -> None:
@@ -110,10 +124,10 @@ def sample_advanced(model: ModelHandle, positive: Conditioning, negative: Condit
 
     if params.sampler.startswith(DIFFUSERS):
         _one_plain_entry(positive, negative, params.sampler)
-        with applied(model):
+        with running(model, positive, negative):
             return diffusers_sample(model, positive, negative, latent, params, progress,
                                     window=(params.start_at_step, params.end_at_step, params.add_noise))
-    with applied(model):
+    with running(model, positive, negative):
         return ksample(model, positive, negative, latent, seed=params.seed, steps=params.steps, cfg=params.cfg,
                        sampler=params.sampler, scheduler=params.scheduler, start_at_step=params.start_at_step,
                        end_at_step=params.end_at_step, add_noise=params.add_noise,

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from sdflow.plugin import StageError
 from sdflow_diffusion.handles import Latent, VaeHandle
+from sdflow_diffusion.models.run_options import on_device
 from sdflow_diffusion.numerics.space import tagged
 
 GREY = 0.5  # what vae_encode_for_inpaint paints the masked pixels (ComfyUI's)
@@ -40,12 +41,14 @@ def encode(vae: VaeHandle, image: torch.Tensor) -> Latent:
                          f"({factor}x{factor})", "scale it up first (image_scale)")
     x = (pixels[..., :3].movedim(-1, 1) * 2.0 - 1.0).to(vae.device, vae.dtype)
     try:
-        mean = vae.vae.encode(x, return_dict=False)[0].mode()
+        with on_device(vae.device, vae.vae):  # on the device only now with --lowvram
+            mean = vae.vae.encode(x, return_dict=False)[0].mode()
     except torch.cuda.OutOfMemoryError:
         torch.cuda.empty_cache()
         raise StageError(f"the VAE ran out of GPU memory encoding {image.shape[0]} image(s) of "
                          f"{pixels.shape[2]}x{pixels.shape[1]}",
-                         "encode fewer or smaller images (image_from_batch, image_scale)") from None
+                         "encode fewer or smaller images (image_from_batch, image_scale), or pass "
+                         "--vae-tiling") from None
     z = mean.float()
     family = vae.family
     if family.vae_shift_factor is not None:

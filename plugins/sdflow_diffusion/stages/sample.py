@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
 from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
@@ -121,7 +123,8 @@ def sample(ctx, params: Sample, model, positive, negative, latent) -> dict:
     from sdflow_diffusion.numerics.sampling import sample as run_sampler
 
     with ctx.progress(params.steps, "steps") as progress:
-        denoised = run_sampler(model, positive, negative, latent, params, progress=progress)
+        with _compile_warmup(ctx, progress) as counted:
+            denoised = run_sampler(model, positive, negative, latent, params, progress=counted)
     _record_seeds(ctx, params, latent)
     return {"latent": denoised}
 
@@ -140,9 +143,40 @@ def sample_advanced(ctx, params: SampleAdvanced, model, positive, negative, late
 
     end = min(params.end_at_step, params.steps)
     with ctx.progress(max(end - params.start_at_step, 0), "steps") as progress:
-        denoised = run_sampler(model, positive, negative, latent, params, progress=progress)
+        with _compile_warmup(ctx, progress) as counted:
+            denoised = run_sampler(model, positive, negative, latent, params, progress=counted)
     _record_seeds(ctx, params, latent)
     return {"latent": denoised}
+
+
+@contextmanager
+def _compile_warmup(ctx, progress):
+    """With --compile, the sampler's progress timed step by step, and a
+    ``compile_warmup`` event (``--json``) after it: the first step's
+    seconds, which in a process's first sampling of a model include
+    compiling the U-Net, beside the median of the other steps'."""
+    if not getattr(ctx.settings, "compile", False):
+        yield progress
+        return
+    timed = _StepTimes(progress)
+    yield timed
+    if timed.seconds:
+        later = sorted(timed.seconds[1:])
+        ctx.emit("compile_warmup", first_step_seconds=round(timed.seconds[0], 3),
+                 step_seconds=round(later[len(later) // 2], 4) if later else None, steps=len(timed.seconds))
+
+
+class _StepTimes:
+    """A progress counter that also keeps each step's seconds."""
+
+    def __init__(self, progress) -> None:
+        self.progress, self.seconds, self._last = progress, [], time.perf_counter()
+
+    def step(self, n: int = 1) -> None:
+        now = time.perf_counter()
+        self.seconds.append(now - self._last)
+        self._last = now
+        self.progress.step(n)
 
 
 def _record_seeds(ctx, params, latent) -> None:
