@@ -112,7 +112,7 @@ def _parser(with_settings: bool = False) -> argparse.ArgumentParser:
                      help="say for each stage why it ran or was reused (on stderr)")
     run.add_argument("--profile", action="store_true",
                      help="after the run, a table of each stage's seconds and memory (on stderr; "
-                          "with --json, the figures in each stage_done event too)")
+                          "with --json, the figures in each stage_done event too); in a sweep, one a point")
     run.add_argument("--sweep", action="append", default=[], metavar="NAME=VALUES",
                      help="run once per value: 1..8 (a range), 5,7.5 (a list); several --sweep: every combination;"
                           " replaces the values the recipe's sweep gives NAME")
@@ -562,15 +562,20 @@ def _cmd_sweep(args, registry, options, source: str, graph):
     events = Events(json_stream=sys.stdout if args.json else None)
     # The points share what they have in common (an encoded prompt), not what is large (an image).
     executor = Executor(events, cache=CacheStore(keep_small=True), plugin_versions=versions,
-                        explain=sys.stderr if args.explain else None)
+                        explain=sys.stderr if args.explain else None, profile=args.profile)
     progress = SweepProgress(events, len(planned))
     firsts, written = [], []
     for point, graph in zip(planned, graphs):
         progress.point(point)
-        result = _run_graph(executor, graph, options, sources, args, f"sweep point {point.number} ({point.label})")
+        where = f"sweep point {point.number} ({point.label})"
+        result = _run_graph(executor, graph, options, sources, args, where)
         if isinstance(result, int):
             return result
         progress.point_done()
+        if args.profile:  # each point's own table, as it ends: what it ran and what it reused
+            from sdflow.profile import profile_table
+
+            print(f"{where}:\n{profile_table(result.profile, result.seconds)}", file=sys.stderr)
         firsts.append((point.values, next(iter(result.files), None)))
         written += result.files
     progress.finish()

@@ -171,3 +171,20 @@ def test_profiling_a_recipe_without_torch_stages_never_imports_torch(tmp_path):
     head, rows, total = table_rows(result.stderr)
     assert [row[:3] for row in rows] == [["seven", "number", "ran"], ["write_count#1", "write_count", "ran"]]
     assert "CUDA" not in head
+
+
+def test_a_sweep_prints_each_points_table_with_what_it_reused(tmp_path):
+    """One table a point, after it, titled with the point: the first runs
+    every stage; the second reuses the loaded model, the encoded prompts and
+    the empty latent (the seed changes only the sampling and what follows)."""
+    code, out, err = sdflow_main("run", str(TXT2IMG), "--output", str(tmp_path), "--profile", "--sweep", "seed=1,2")
+    assert code == 0, err
+    assert len(out.splitlines()) == 3  # two images and the contact sheet
+    titles = [line for line in err.splitlines() if line.startswith("sweep point ")]
+    assert titles == ["sweep point 1 (seed=1):", "sweep point 2 (seed=2):"]
+    first, second = err.split("sweep point 2 (seed=2):")
+    _head, rows, _total = table_rows(first)
+    assert [row[:3] for row in rows] == [[key, type, "ran"] for key, type in zip(STAGES, TYPES)]
+    _head, rows, _total = table_rows(second)
+    reused = {row[0] for row in rows if row[2] != "ran"}
+    assert reused == {"ckpt", "positive", "negative", "latent"}, rows
