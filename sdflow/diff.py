@@ -44,8 +44,9 @@ difference already says it, so it is not said again."""
 class Difference:
     """One difference: ``before`` is None where the thing was added, ``after``
     None where it was removed (an argument left unset counts as absent).
-    ``kind`` is one of param, sweep, require, stage (added or removed),
-    stage_type, argument, model, version, run: the order they are printed in."""
+    ``kind`` is one of param, sweep, sweep_order, require, stage (added or
+    removed), stage_type, argument, model, version, run: the order they are
+    printed in."""
 
     kind: str
     path: str
@@ -335,6 +336,7 @@ def compare(before: Side, after: Side, registry: Registry) -> list[Difference]:
     found = [
         *_changes("param", params_of(before.recipe), params_of(after.recipe)),
         *_changes("sweep", sweeps_of(before.recipe), sweeps_of(after.recipe)),
+        *_sweep_order(sweeps_of(before.recipe), sweeps_of(after.recipe)),
         *_changes("require", requires_of(before.recipe), requires_of(after.recipe)),
         *_stage_changes(stages_of(before, registry, validated), stages_of(after, registry, validated)),
     ]
@@ -360,6 +362,15 @@ def _changes(kind: str, before: dict, after: dict, sort: bool = False) -> list[D
         names = sorted(names)
     return [Difference(kind, name, before.get(name), after.get(name)) for name in names
             if name not in before or name not in after or not _same(before[name], after[name])]
+
+
+def _sweep_order(before: dict[str, SweepLine], after: dict[str, SweepLine]) -> list[Difference]:
+    """The order of the sweep lines both sides have, where it changed: it
+    lays out the contact sheet (the first line across, the second down, a
+    third as sheets), so the same points in another order are another sheet."""
+    old = [names for names in before if names in after]
+    new = [names for names in after if names in before]
+    return [Difference("sweep_order", "", old, new)] if old != new else []
 
 
 def _stage_changes(before: dict[str, StageView], after: dict[str, StageView]) -> list[Difference]:
@@ -419,6 +430,8 @@ def render(difference: Difference) -> str:
         if before is None or after is None:
             return f"{'+' if before is None else '-'} sweep {(after if before is None else before).text}"
         return f"~ sweep {path}: {before.shown} -> {after.shown}"
+    if kind == "sweep_order":  # the lines' names, which may hold commas themselves ("seed, cfg")
+        return f"~ sweep order (the contact sheet's layout): {' / '.join(before)} -> {' / '.join(after)}"
     if kind == "require":
         value = after if before is None else before
         if before is None or after is None:

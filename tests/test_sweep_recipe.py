@@ -223,3 +223,6 @@ def test_diff_reports_sweep_axes_added_removed_and_changed(tmp_path, capsys):
                                        "- sweep cfg = [2.0, 4]\n")
     after.write_text(with_sweep("sweep seed = [1, 2, 3]\nsweep cfg = [2, 4.0]  # the same values\n"))
     assert main(["diff", str(before), str(after)]) == 0
+    after.write_text(with_sweep("sweep cfg = [2.0, 4]\nsweep seed = 1..3  # the same points, another sheet\n"))
+    assert main(["diff", str(before), str(after)]) == 1
+    assert capsys.readouterr().out == "~ sweep order (the contact sheet's layout): seed / cfg -> cfg / seed\n"
