@@ -41,6 +41,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from full_size import built_checkpoint  # a sibling script: benchmarks/ is on sys.path
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RECIPE = ROOT / "examples" / "txt2img.sdflow"
@@ -101,17 +103,9 @@ def sd15_checkpoint() -> Path:
     """The given random SD 1.5, or the one benchmarks/full_size.py keeps (written if missing)."""
     if GIVEN_SD15.is_file():
         return GIVEN_SD15
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sdflow" / "benchmarks"
-    path = cache / "sd15-random-fp16.safetensors"
-    if not path.is_file():
-        print(f"writing {path} (SD 1.5 architecture, seeded random weights, fp16; once)", flush=True)
-        cache.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory() as folder:
-            job = Path(folder) / "make.json"
-            job.write_text(json.dumps({"path": str(path), "seed": 0, "dtype": "fp16",
-                                       "threads": os.cpu_count() or 1}))
-            subprocess.run([sys.executable, str(HERE / "comfy_parity.py"), "--worker", "make", str(job)],
-                           env=_env(), cwd=ROOT, check=True)
+    path = built_checkpoint("fp16")
+    if path is None:
+        raise SystemExit("writing the SD 1.5 checkpoint failed")
     return path
 
 

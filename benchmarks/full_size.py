@@ -114,13 +114,13 @@ def main(argv=None) -> int:
     if args.worker:
         return {"comfyui": _comfy_worker, "diffusers": _diffusers_worker, "floor": _floor_worker}[args.worker](
             json.loads(Path(args.job).read_text(encoding="utf-8")))
-    checkpoint = args.checkpoint or _built_checkpoint(args.make_dtype)
+    checkpoint = args.checkpoint or built_checkpoint(args.make_dtype)
     if checkpoint is None:
         return 1
     checkpoint = checkpoint.resolve()
     work = args.keep or Path(tempfile.mkdtemp(prefix="full_size_"))
     work.mkdir(parents=True, exist_ok=True)
-    _read_through(checkpoint)  # every tool starts with the file in the page cache
+    read_through(checkpoint)  # every tool starts with the file in the page cache
     load_before = os.getloadavg()
     started = time.time()
     runs: dict[str, list[dict]] = {tool: [] for tool in args.tools}
@@ -143,10 +143,16 @@ def main(argv=None) -> int:
     return 0
 
 
-def _built_checkpoint(dtype: str) -> Path | None:
+def cache_folder() -> Path:
+    """Where the benchmarks keep the large files they write once
+    (``$XDG_CACHE_HOME/sdflow/benchmarks``, by default under ``~/.cache``)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sdflow" / "benchmarks"
+
+
+def built_checkpoint(dtype: str) -> Path | None:
     """The seeded random SD 1.5 in the cache folder, written by
-    comfy_parity.py's maker the first time."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sdflow" / "benchmarks"
+    comfy_parity.py's maker the first time (cpu_dtype.py uses it too)."""
+    cache = cache_folder()
     path = cache / f"sd15-random-{dtype}.safetensors"
     if _made_with(path) == (0, dtype):
         return path
@@ -193,7 +199,8 @@ def _wait_quiet(limit: float, window: float = 2.0, busy: float = 0.05) -> float:
     return time.time() - start
 
 
-def _read_through(path: Path) -> None:
+def read_through(path: Path) -> None:
+    """Read the whole file once, so that a measured process finds it in the page cache."""
     with open(path, "rb") as f:
         while f.read(64 << 20):
             pass

@@ -345,16 +345,7 @@ def measure(runs: dict, repeats: int, cuda: bool) -> dict:
                 torch.cuda.reset_peak_memory_stats()
             if time_through == 0:
                 run()  # warm-up
-            times = []
-            for _ in range(repeats):
-                if cuda:
-                    torch.cuda.synchronize()
-                start = time.perf_counter()
-                run()
-                if cuda:
-                    torch.cuda.synchronize()
-                times.append(time.perf_counter() - start)
-            seconds[name].append(statistics.median(times))
+            seconds[name].append(statistics.median(_timed(run, cuda) for _ in range(repeats)))
             if cuda:
                 peaks[name] = max(peaks.get(name, 0.0), torch.cuda.max_memory_allocated() / 2**30)
     return {name: {"seconds": round(min(seconds[name]), 4), "medians": [round(s, 4) for s in seconds[name]],

@@ -37,6 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from full_size import cache_folder, read_through  # a sibling script: benchmarks/ is on sys.path
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 FAMILY = "sdxl-base"
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                                     "from diffusers import UNet2DConditionModel, AutoencoderKL; "
                                     "from transformers import CLIPTextModel, CLIPTextModelWithProjection"])
         for dtype in args.dtypes:
-            _read_through(checkpoint)  # every run starts with the file in the page cache
+            read_through(checkpoint)  # every run starts with the file in the page cache
             command = [sys.executable, "-m", "sdflow.cli", "run", str(recipe), "--json", "--device", "cpu",
                        "--dtype", dtype, "--output", str(Path(folder) / dtype), "--set", f"checkpoint={checkpoint}"]
             run = _measure(command)
@@ -116,7 +118,7 @@ def _weights_gib(parts: dict[str, int], dtype: str) -> float:
 
 
 def _built_checkpoint() -> Path:
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sdflow" / "benchmarks"
+    cache = cache_folder()
     path = cache / f"sdxl-random-fp16-seed{SEED}.safetensors"
     if not path.is_file():
         print(f"writing {path} (SDXL base architecture, seeded random weights, fp16; once)", flush=True)
@@ -170,12 +172,6 @@ def _measure(command: list[str]) -> dict:
             if event.get("event") == "stage_done" and event.get("type") == "load_checkpoint":
                 result["load_seconds"] = event["seconds"]
     return result
-
-
-def _read_through(path: Path) -> None:
-    with open(path, "rb") as f:
-        while f.read(64 << 20):
-            pass
 
 
 def _env() -> dict:

@@ -345,12 +345,12 @@ def _lock_of(registry, args, file: str, source: str, graphs: list) -> dict:
 def _points_of(args, registry, graph) -> list:
     """The graphs of each point of the recipe's sweep (with the command
     line's ``--sweep``, if it has one), or the graph alone."""
-    if getattr(args, "no_sweep", False):
+    if args.no_sweep:
         return [graph]
     from sdflow.sweep import SweepError, parse_axis
 
     try:
-        command = [parse_axis(spec) for spec in getattr(args, "sweep", [])]
+        command = [parse_axis(spec) for spec in args.sweep]
     except SweepError as err:
         raise _Usage(str(err)) from None
     _axes, checked = _sweep_points(args, registry, graph, _overrides(args.set), command)
@@ -519,7 +519,7 @@ def _sweep_points(args, registry, graph, overrides: dict[str, str], command=()):
     if not axes:
         return [], None
     total = count(axes)
-    if total > MAX_POINTS and not getattr(args, "yes", False):
+    if total > MAX_POINTS and not args.yes:
         if command:
             raise _Usage(f"the sweep has {total:,} points (more than {MAX_POINTS}); add --yes to run them all")
         return axes, CheckedSweep([], [], [too_many(graph.recipe, axes, total)], [])

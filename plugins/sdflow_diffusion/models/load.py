@@ -77,16 +77,17 @@ def load_checkpoint(path: Path, settings: DiffusionSettings | None = None, predi
         from sdflow_diffusion.models.single_file import load_single_file
 
         components, family = load_single_file(checked, settings, prediction, dtype, place)
-    return _handles(components, family, device, dtype, settings, place)
+    return _handles(components, family, device, dtype, settings)
 
 
-def _handles(components: dict[str, Any], family: Any, device: Any, dtype: Any, settings: Any, place: Any):
-    """The handles of the run's ``device``, their modules kept on ``place``
-    (the device, or the CPU with --lowvram) and made ready as the settings
-    ask (--channels-last, --compile, --vae-tiling)."""
+def _handles(components: dict[str, Any], family: Any, device: Any, dtype: Any, settings: Any):
+    """The handles of the run's ``device``, their modules kept where the
+    settings say (the device, or the CPU with --lowvram) and made ready as
+    they ask (--channels-last, --compile, --vae-tiling)."""
     from sdflow_diffusion.handles import ClipHandle, ModelHandle, VaeHandle
-    from sdflow_diffusion.models.run_options import prepare_unet, prepare_vae
+    from sdflow_diffusion.models.run_options import prepare_unet, prepare_vae, storage_device
 
+    place = storage_device(settings, device)
     vae_type = vae_dtype(components["vae"].config, dtype)
     names = [n for n in ("text_encoder", "text_encoder_2") if n in components]
     with quiet():  # the weights are already in their dtype: this only moves them

@@ -155,7 +155,7 @@ def _compile_warmup(ctx, progress):
     ``compile_warmup`` event (``--json``) after it: the first step's
     seconds, which in a process's first sampling of a model include
     compiling the U-Net, beside the median of the other steps'."""
-    if not getattr(ctx.settings, "compile", False):
+    if not ctx.settings.compile:
         yield progress
         return
     timed = _StepTimes(progress)
