@@ -9,8 +9,7 @@ bf16):
 * the default recipe, examples/txt2img.sdflow on sdflow-tiny (64x64, 20
   euler steps, cfg 3);
 * the same recipe on a full-size SD 1.5 single file at 256x256, 4 steps,
-  cfg 7.5: ``/tmp/cp/sd15-random.safetensors`` where it exists, else the
-  seeded random SD 1.5 that benchmarks/full_size.py keeps (fp16, 2.1 GB, in
+  cfg 7.5: ``--checkpoint`` where given, else the seeded random SD 1.5 that benchmarks/full_size.py keeps (fp16, 2.1 GB, in
   ``$XDG_CACHE_HOME/sdflow/benchmarks``; written once by
   benchmarks/comfy_parity.py's maker, as full_size.py writes it).
 
@@ -23,7 +22,8 @@ names the CPU and whether it has the instructions that make bf16 fast
 (AVX512-BF16, AMX-BF16); without them torch computes bf16 through fp32,
 converting at every operation.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/cpu_dtype.py [--rounds 3] [--sd15-rounds 1] [--json FILE]
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/cpu_dtype.py [--rounds 3] [--sd15-rounds 1] [--checkpoint FILE]
+        [--json FILE]
 
 Figures: benchmarks/README.md.
 """
@@ -46,7 +46,6 @@ from full_size import built_checkpoint  # a sibling script: benchmarks/ is on sy
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RECIPE = ROOT / "examples" / "txt2img.sdflow"
-GIVEN_SD15 = Path("/tmp/cp/sd15-random.safetensors")
 DTYPES = ("fp32", "bf16")
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
@@ -58,6 +57,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="rounds of SD 1.5 (default 1: bf16 there takes 20 minutes on a CPU without native bf16)")
     parser.add_argument("--json", type=Path, default=None, help="also write the report here")
     parser.add_argument("--only", choices=("tiny", "sd15"), default=None)
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="an SD 1.5 single file (default: full_size.py's, written if missing)")
     args = parser.parse_args(argv)
     report: dict = {"machine": machine(), "load_before": os.getloadavg()}
     works = {"tiny": ("sdflow-tiny, 64x64, 20 steps", [], None),
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         extra = list(options)
         if model:
-            checkpoint = sd15_checkpoint()
+            checkpoint = args.checkpoint or sd15_checkpoint()
             extra += ["--set", f"checkpoint={checkpoint}"]  # a path works as it is
             label += f" ({checkpoint})"
         report[name] = measure(label, extra, args.sd15_rounds if model else args.rounds, tiny=model is None)
@@ -100,9 +101,7 @@ def machine() -> dict:
 
 
 def sd15_checkpoint() -> Path:
-    """The given random SD 1.5, or the one benchmarks/full_size.py keeps (written if missing)."""
-    if GIVEN_SD15.is_file():
-        return GIVEN_SD15
+    """The random SD 1.5 that benchmarks/full_size.py keeps (written if missing)."""
     path = built_checkpoint("fp16")
     if path is None:
         raise SystemExit("writing the SD 1.5 checkpoint failed")

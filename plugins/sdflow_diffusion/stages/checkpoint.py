@@ -36,10 +36,10 @@ def load_checkpoint(ctx, params: LoadCheckpoint) -> dict:
     .safetensors file or a diffusers folder. ComfyUI: CheckpointLoaderSimple."""
     from sdflow_diffusion.models.device import dtype_name, resolve_device
     from sdflow_diffusion.models.load import load_checkpoint as load
-    from sdflow_diffusion.models.run_options import apply_determinism
+    from sdflow_diffusion.models.run_options import apply_process_options
 
     path = ctx.file_path(params.name) or _find(ctx, params.name)
-    apply_determinism(ctx.settings, resolve_device(ctx.settings)[0], ctx.warn)  # before CUDA is first used
+    apply_process_options(ctx.settings, resolve_device(ctx.settings)[0], ctx.warn)  # before a model loads
     model, clip, vae = load(path, ctx.settings, params.prediction)
     ctx.record(device=str(model.device), dtype=dtype_name(model.dtype), vae_dtype=dtype_name(vae.dtype),
                **ctx.settings.pixel_options())

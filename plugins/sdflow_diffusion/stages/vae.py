@@ -33,14 +33,14 @@ def load_vae(ctx, params: LoadVae) -> dict:
     no known family (16 latent channels: SD3, Flux) is refused."""
     from sdflow_diffusion.models.device import dtype_name, resolve_device
     from sdflow_diffusion.models.load import inspect_vae, load_vae as load, vae_family
-    from sdflow_diffusion.models.run_options import apply_determinism
+    from sdflow_diffusion.models.run_options import apply_process_options
 
     checked = inspect_vae(ctx.file_path(params.name) or _find(ctx, params.name), params.name)
     family, guessed = vae_family(checked, params.family, params.name)
     if guessed:
         ctx.warn(f"'{params.name}' fits SD 1.x/2.x and SDXL alike; it decodes latents as family '{family}' "
                  f"does (scaling factor of SD 1.x): for SDXL, say family=\"sdxl-base\"")
-    apply_determinism(ctx.settings, resolve_device(ctx.settings)[0], ctx.warn)  # before CUDA is first used
+    apply_process_options(ctx.settings, resolve_device(ctx.settings)[0], ctx.warn)  # before a model loads
     vae = load(checked, family, ctx.settings)
     ctx.record(vae_family=family, vae_dtype=dtype_name(vae.dtype), **ctx.settings.pixel_options())
     return {"vae": vae}

@@ -1,0 +1,158 @@
+"""glibc's malloc as sdflow sets it for CPU runs, against glibc's defaults.
+
+Run by hand; it prints one table and asserts nothing.  sdflow keeps the
+memory torch frees on the CPU for the next tensor
+(``run_options.keep_freed_memory``: no ``mmap`` per block, 1 GiB kept at
+the heap's top); a user's own malloc setting switches that off, and this
+script sets one that changes nothing, ``GLIBC_TUNABLES=glibc.malloc.perturb=0``,
+for the "glibc" side.  Each round runs both sides as fresh processes, the side that
+goes first alternating:
+
+* ``unet``: SD 1.5's U-Net (the shipped config, seeded random weights), six
+  forward passes of a batch of 2 at 32x32 latents (a 256x256 image with
+  cfg); the median of the last five, and the page faults per pass;
+* ``recipe``: benchmarks/full_size.py's recipe (ComfyUI's default workflow,
+  256x256, 4 steps) on the full-size SD 1.5 fp16 file it keeps (or
+  ``--checkpoint``): the process's seconds, the sample and decode stages'
+  seconds, page faults and peak RSS;
+* ``tiny``: the default recipe on sdflow-tiny, the same figures.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/cpu_allocator.py [--rounds 3] [--only unet recipe tiny]
+
+Figures: benchmarks/README.md ("The CPU's allocator").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from cpu_dtype import machine, sd15_checkpoint  # sibling scripts: benchmarks/ is on sys.path
+from full_size import NEGATIVE, PROMPT, RECIPE
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+# A malloc tunable that changes nothing (glibc's default) but makes sdflow leave malloc alone; a MALLOC_*
+# variable would not do: setting the mmap limit or threshold also stops glibc moving its threshold
+SIDES = {"glibc": {"GLIBC_TUNABLES": "glibc.malloc.perturb=0"}, "sdflow": {}}
+WORKS = ("unet", "recipe", "tiny")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", nargs="+", choices=WORKS, default=list(WORKS))
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="an SD 1.5 single file for 'recipe' (default: full_size.py's, written if missing)")
+    parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        return _unet_worker(int(args.worker[1]))
+    report: dict = {"machine": machine(), "load_before": os.getloadavg()}
+    with tempfile.TemporaryDirectory() as folder:
+        for work in args.only:
+            command = _command(work, Path(folder), args.checkpoint)
+            print(f"{work}: {args.rounds} rounds, glibc's defaults and sdflow's alternating", flush=True)
+            runs: dict[str, list[dict]] = {side: [] for side in SIDES}
+            for round_ in range(args.rounds):
+                for side in list(SIDES) if round_ % 2 == 0 else list(SIDES)[::-1]:
+                    run = _run(command(Path(folder) / f"{work}-{side}-{round_}"), SIDES[side])
+                    runs[side].append(run)
+                    print(f"  round {round_ + 1} {side}: " + ", ".join(f"{k} {v:g}" for k, v in run.items()),
+                          flush=True)
+            report[work] = {side: {key: round(statistics.median(r[key] for r in rows), 3) for key in rows[0]}
+                            for side, rows in runs.items()}
+    report["load_after"] = os.getloadavg()
+    _print_table(report)
+    return report
+
+
+def _command(work: str, folder: Path, checkpoint: Path | None):
+    if work == "unet":
+        return lambda out: [sys.executable, __file__, "--worker", "unet", "32"]
+    recipe, extra = ROOT / "examples" / "txt2img.sdflow", []
+    if work == "recipe":
+        recipe = folder / "full_size.sdflow"
+        recipe.write_text(RECIPE.format(prompt=PROMPT, negative=NEGATIVE), encoding="utf-8")
+        extra = ["--set", f"checkpoint={checkpoint or sd15_checkpoint()}", "--set", "size=256", "--set", "steps=4"]
+    return lambda out: [sys.executable, "-m", "sdflow.cli", "run", str(recipe), "--device", "cpu", "--json",
+                        "--profile", "--output", str(out), *extra]
+
+
+def _run(command: list[str], env: dict[str, str]) -> dict:
+    """One process: its seconds, its page faults, its peak RSS, and what it reports."""
+    base = {key: value for key, value in os.environ.items()
+            if not key.startswith("MALLOC_") and key != "GLIBC_TUNABLES"}
+    faults, start = resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt, time.perf_counter()
+    child = subprocess.run(command, capture_output=True, text=True, cwd=ROOT,
+                           env={**base, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), **env})
+    seconds = time.perf_counter() - start
+    if child.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{child.stderr[-3000:]}")
+    result = {"process_s": round(seconds, 2),
+              "faults": resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt - faults}  # children run one at a time
+    events = [json.loads(line) for line in child.stdout.splitlines() if line.startswith("{")]
+    stages = {e["type"]: e for e in events if e.get("event") == "stage_done"}
+    for name, key in (("sample", "sample_s"), ("vae_decode", "decode_s")):
+        if name in stages:
+            result[key] = round(stages[name]["seconds"], 3)
+    if stages:
+        result["peak_mib"] = max((e.get("peak_rss_mib") or 0) for e in stages.values())
+    for event in events:
+        if event.get("event") == "unet":
+            result.update({k: v for k, v in event.items() if k != "event"})
+    return result
+
+
+def _unet_worker(latent: int) -> dict:
+    import diffusers
+    import torch
+
+    sys.path.insert(0, str(ROOT / "plugins"))
+    from sdflow_diffusion.models.families import family_dir
+    from sdflow_diffusion.models.files import read_json
+    from sdflow_diffusion.models.run_options import keep_freed_memory
+
+    keep_freed_memory()  # does nothing on the "glibc" side: its MALLOC_ variable wins
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel.from_config(read_json(family_dir("sd15") / "unet" / "config.json")).eval()
+    x, context = torch.randn(2, 4, latent, latent), torch.randn(2, 77, 768)
+    times = []
+    with torch.no_grad():
+        unet(x, 500, context)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(5):
+            start = time.perf_counter()
+            unet(x, 500, context)
+            times.append(time.perf_counter() - start)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    report = {"event": "unet", "step_s": round(statistics.median(times), 3),
+              "faults_per_step": (usage.ru_minflt - faults) // len(times), "peak_mib": round(usage.ru_maxrss / 1024)}
+    print(json.dumps(report))
+    return report
+
+
+def _print_table(report: dict) -> None:
+    m = report["machine"]
+    print(f"\n{m['cpu']}, {m['cores']} cores; torch {m['torch']} ({m['torch_threads']} threads), Python "
+          f"{m['python']}; load average {report['load_before'][0]:.1f} before, {report['load_after'][0]:.1f} after")
+    print(f"{'work':<7} {'figure':<16} {'glibc':>10} {'sdflow':>10} {'sdflow/glibc':>13}")
+    for work in WORKS:
+        if work not in report:
+            continue
+        glibc, ours = report[work]["glibc"], report[work]["sdflow"]
+        for key in glibc:
+            ratio = f"x{ours[key] / glibc[key]:.2f}" if glibc[key] else "-"
+            print(f"{work:<7} {key:<16} {glibc[key]:>10g} {ours[key]:>10g} {ratio:>13}")
+
+
+if __name__ == "__main__":
+    main()
