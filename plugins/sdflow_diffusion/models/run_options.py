@@ -66,8 +66,8 @@ def keep_freed_memory() -> bool:
     comes from the heap (``M_MMAP_MAX`` 0), which keeps up to 1 GiB of
     freed memory at its top (``M_TRIM_THRESHOLD``) and grows 64 MiB at a
     time (``M_TOP_PAD``): a pass then faults a few hundred times.  The peak
-    memory grows by 0-2%, as a freed block is reused only by one that fits
-    in it; memory freed in the middle of the heap (a model replaced by
+    memory grows by a few percent (2% over paired runs), as a freed block
+    is reused only by one that fits in it; memory freed in the middle of the heap (a model replaced by
     another) stays with the process until it exits.  The numbers are
     untouched: only where a tensor's memory comes from changes.
 
