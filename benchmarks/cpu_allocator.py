@@ -116,7 +116,6 @@ def _unet_worker(latent: int) -> dict:
     import diffusers
     import torch
 
-    sys.path.insert(0, str(ROOT / "plugins"))
     from sdflow_diffusion.models.families import family_dir
     from sdflow_diffusion.models.files import read_json
     from sdflow_diffusion.models.run_options import keep_freed_memory

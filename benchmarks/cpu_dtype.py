@@ -9,7 +9,8 @@ bf16):
 * the default recipe, examples/txt2img.sdflow on sdflow-tiny (64x64, 20
   euler steps, cfg 3);
 * the same recipe on a full-size SD 1.5 single file at 256x256, 4 steps,
-  cfg 7.5: ``--checkpoint`` where given, else the seeded random SD 1.5 that benchmarks/full_size.py keeps (fp16, 2.1 GB, in
+  cfg 7.5: ``--checkpoint`` where given, else the seeded random SD 1.5
+  that benchmarks/full_size.py keeps (fp16, 2.1 GB, in
   ``$XDG_CACHE_HOME/sdflow/benchmarks``; written once by
   benchmarks/comfy_parity.py's maker, as full_size.py writes it).
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Callable
@@ -79,7 +78,7 @@ def keep_freed_memory() -> bool:
     if _allocator_tuned:
         return False
     _allocator_tuned = True
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not _running_glibc():
         return False
     if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "") or any(
             name.startswith("MALLOC_") for name in os.environ):
@@ -87,6 +86,15 @@ def keep_freed_memory() -> bool:
     mallopt = ctypes.CDLL(None).mallopt
     return all(mallopt(option, value) == 1 for option, value in (
         (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, KEEP_FREED), (M_TOP_PAD, TOP_PAD)))
+
+
+def _running_glibc() -> bool:
+    """Whether the C library this process runs on is glibc (asked of it, not
+    read from the Python binary as ``platform.libc_ver`` does)."""
+    try:
+        return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    except (ValueError, OSError):  # a C library that does not know the name (macOS, Windows, musl)
+        return False
 
 
 def apply_determinism(settings: Any, device: torch.device, warn: Callable[[str], None]) -> None:
