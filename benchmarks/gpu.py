@@ -112,10 +112,13 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def settings(device: str, dtype: str = "auto", **flags):
-    """The diffusion plugin's settings; ``flags``: run options (compile=True...)."""
+    """The diffusion plugin's settings; ``flags``: run options (compile=True...).
+    The weights are loaded in the run's dtype (``--weight-dtype run``, what
+    auto is on a GPU) on the CPU too: diffusers' pipeline, run on the same
+    modules, reads its dtype off their parameters."""
     from sdflow_diffusion.settings import DiffusionSettings
 
-    return DiffusionSettings(device=device, dtype=dtype, **flags)
+    return DiffusionSettings(device=device, dtype=dtype, **{"weight_dtype": "run", **flags})
 
 
 def default_recipe(device: str) -> dict:

@@ -116,7 +116,7 @@ def test_plugins_shows_name_version_and_what_each_adds():
     settings = [line.split(" / ")[0].strip() for line in result.stdout.split("  settings:\n", 1)[1].splitlines()
                 if line.startswith("    --")]
     assert settings == ["--device", "--dtype", "--models-dir", "--allow-pickle", "--inputs", "--deterministic",
-                        "--compile", "--channels-last", "--vae-tiling", "--lowvram"]
+                        "--compile", "--channels-last", "--vae-tiling", "--weight-dtype", "--lowvram"]
 
 
 # sdflow graph --------------------------------------------------------------------------

@@ -73,8 +73,10 @@ def assert_identical(expected: list, loaded: list) -> None:
         assert not ours.training
 
 
-def loaded_parts(path: Path, dtype: str) -> list:
-    model, clip, vae = load_checkpoint(path, DiffusionSettings(device="cpu", dtype=dtype))
+def loaded_parts(path: Path, dtype: str, weight_dtype: str = "run") -> list:
+    """The modules of ``path`` loaded for the CPU in ``dtype``; each weight
+    in ``dtype`` unless ``weight_dtype`` is "file" (tests/test_weight_dtype.py)."""
+    model, clip, vae = load_checkpoint(path, DiffusionSettings(device="cpu", dtype=dtype, weight_dtype=weight_dtype))
     return [model.unet, vae.vae, *clip.encoders]
 
 
@@ -184,6 +186,13 @@ def allocation_peak(load) -> tuple[int, list]:
     """The most bytes torch held on the CPU at once while ``load()`` ran,
     beyond what it held before (every allocation and free, as the profiler
     records them), and what ``load()`` returned."""
+    peak, _, result = allocations(load)
+    return peak, result
+
+
+def allocations(load) -> tuple[int, int, list]:
+    """What :func:`allocation_peak` gives, and between them the bytes torch
+    still held when ``load()`` returned, beyond what it held before."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
@@ -192,7 +201,7 @@ def allocation_peak(load) -> tuple[int, list]:
     for event in sorted(profiler.events(), key=lambda e: e.time_range.start):
         live += event.self_cpu_memory_usage
         peak = max(peak, live)
-    return peak, result
+    return peak, live, result
 
 
 def nbytes(parts: list) -> int:
@@ -223,6 +232,20 @@ def test_a_load_never_holds_a_second_copy_of_the_weights(file_dtype, tmp_path):
         assert weights <= peak <= bound, (peak, weights, largest)
     theirs, _ = allocation_peak(lambda: diffusers_single_file(path, "sd1-tiny", torch.float32))
     assert theirs > bound  # the measurement tells the two ways apart
+
+
+def test_an_fp16_file_kept_in_fp16_allocates_only_the_vae(tmp_path):
+    """With the weights kept as the file stores them (--weight-dtype file,
+    the CPU's default) the U-Net's and the text encoder's fp16 tensors view
+    the file's mapping: what a load leaves allocated is the VAE (read wide),
+    where a load that widens them allocates every weight."""
+    path = save_in(tiny_components("sd1", seed=5), tmp_path / "tiny.safetensors", "fp16")
+    loaded_parts(path, "fp32", "file")
+    _, kept, parts = allocations(lambda: loaded_parts(path, "fp32", "file"))
+    vae = nbytes([parts[1]])
+    assert vae <= kept <= vae + 64 * 1024, (kept, vae)
+    _, widened, parts = allocations(lambda: loaded_parts(path, "fp32", "run"))
+    assert widened >= nbytes(parts) > 10 * vae, (widened, nbytes(parts), vae)
 
 
 def test_bound_for_another_device_the_host_holds_one_tensor_at_a_time(tmp_path):

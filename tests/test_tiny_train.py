@@ -44,7 +44,12 @@ def test_the_shipped_file_loads_as_a_users_sd1_file_does():
     assert (family.name, family.kind, family.prediction_type) == ("sdflow-tiny", "sd1", "v_prediction")
     assert family.scheduler_config["rescale_betas_zero_snr"] is True
     assert family.scheduler_config["timestep_spacing"] == "trailing"
-    # Stored in fp16, loaded in fp32 on the CPU, every part.
+    # Stored in fp16, run in fp32 on the CPU: the U-Net and the text encoder kept in fp16 (--weight-dtype
+    # auto), the VAE loaded in fp32; with --weight-dtype run every part is loaded in fp32.
+    assert (model.dtype, clip.dtype, vae.dtype) == (torch.float32,) * 3
+    for module, dtype in ((model.unet, torch.float16), (clip.encoders[0], torch.float16), (vae.vae, torch.float32)):
+        assert {p.dtype for p in module.parameters()} == {dtype}
+    model, clip, vae = load_checkpoint(path, DiffusionSettings(device="cpu", weight_dtype="run"))
     for module in (model.unet, clip.encoders[0], vae.vae):
         assert {p.dtype for p in module.parameters()} == {torch.float32}
 

@@ -57,7 +57,7 @@ class ModelHandle:
     unet: Any  # diffusers.UNet2DConditionModel
     family: Family
     device: Any  # torch.device
-    dtype: Any  # torch.dtype
+    dtype: Any  # torch.dtype it computes in; its parameters may be narrower (models.storage), here and in CLIP
     patches: tuple[Any, ...] = ()
 
     @property

@@ -3,7 +3,8 @@
 Declared through the ``sdflow_settings`` hook like any plugin's; the engine
 turns each field into a flag (``--device``, ``--dtype``, ``--models-dir``,
 ``--allow-pickle``, ``--inputs``, and how the models run: ``--deterministic``,
-``--compile``, ``--channels-last``, ``--vae-tiling``, ``--lowvram``) and an
+``--compile``, ``--channels-last``, ``--vae-tiling``, ``--weight-dtype``,
+``--lowvram``) and an
 environment variable, and hands the values to the stages as ``ctx.settings``.
 """
 
@@ -47,6 +48,11 @@ class DiffusionSettings(BaseModel):
     vae_tiling: bool = setting(
         False, "decode and encode images larger than the VAE's own size (SD 1.5: 512 px, SDXL: 1024) in "
                "overlapping tiles: far less memory, other pixels (for big images on small cards)")
+    weight_dtype: Literal["auto", "file", "run"] = setting(
+        "auto", "how a checkpoint's weights are kept in memory: file keeps an fp16, bf16 or fp8 file's U-Net and "
+                "text encoders so when --dtype is wider, each layer's weights converted as it runs (the same "
+                "images, half the memory for an fp16 file run in fp32, a little slower); run converts them all "
+                "to --dtype as they load; auto is file on the CPU (without --compile), run elsewhere")
     lowvram: bool = setting(
         False, "keep the models in CPU memory and move each to the GPU only while it runs (for 4-6 GB cards; "
                "slower)")

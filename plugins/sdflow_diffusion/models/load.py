@@ -62,6 +62,7 @@ def load_checkpoint(path: Path, settings: DiffusionSettings | None = None, predi
     """
     from sdflow_diffusion.models.device import resolve_device
     from sdflow_diffusion.models.run_options import storage_device
+    from sdflow_diffusion.models.storage import keeps_file_dtype
 
     if prediction not in PREDICTIONS:
         raise StageError(f"prediction must be one of {', '.join(PREDICTIONS)}, not '{prediction}'")
@@ -69,6 +70,7 @@ def load_checkpoint(path: Path, settings: DiffusionSettings | None = None, predi
     checked = inspect_checkpoint(path, settings)
     device, dtype = resolve_device(settings)
     place = storage_device(settings, device)  # the CPU with --lowvram
+    keep = keeps_file_dtype(settings, device)  # an fp16 file's weights stay fp16 in an fp32 run
     if isinstance(checked, DiffusersFolder):
         from sdflow_diffusion.models.diffusers_folder import load_folder
 
@@ -76,7 +78,7 @@ def load_checkpoint(path: Path, settings: DiffusionSettings | None = None, predi
     else:
         from sdflow_diffusion.models.single_file import load_single_file
 
-        components, family = load_single_file(checked, settings, prediction, dtype, place)
+        components, family = load_single_file(checked, settings, prediction, dtype, place, keep)
     return _handles(components, family, device, dtype, settings)
 
 
@@ -86,14 +88,20 @@ def _handles(components: dict[str, Any], family: Any, device: Any, dtype: Any, s
     they ask (--channels-last, --compile, --vae-tiling)."""
     from sdflow_diffusion.handles import ClipHandle, ModelHandle, VaeHandle
     from sdflow_diffusion.models.run_options import prepare_unet, prepare_vae, storage_device
+    from sdflow_diffusion.models.storage import runs_in
 
     place = storage_device(settings, device)
     vae_type = vae_dtype(components["vae"].config, dtype)
     names = [n for n in ("text_encoder", "text_encoder_2") if n in components]
-    with quiet():  # the weights are already in their dtype: this only moves them
-        unet = components["unet"].to(device=place, dtype=dtype).eval()
-        vae = components["vae"].to(device=place, dtype=vae_type).eval()
-        encoders = tuple(components[n].to(device=place, dtype=dtype).eval() for n in names)
+
+    def placed(module: Any, dtype: Any) -> Any:  # the weights are in their dtype already: this only moves them
+        kept = any(runs_in(part) is not None for part in module.modules())  # narrow weights stay narrow
+        return module.to(device=place) if kept else module.to(device=place, dtype=dtype)
+
+    with quiet():
+        unet = placed(components["unet"], dtype).eval()
+        vae = placed(components["vae"], vae_type).eval()
+        encoders = tuple(placed(components[n], dtype).eval() for n in names)
     unet, vae = prepare_unet(unet, settings, device), prepare_vae(vae, settings)
     tokenizers = tuple(components[n.replace("text_encoder", "tokenizer")] for n in names)
     return (ModelHandle(unet, family, device, dtype),

@@ -51,24 +51,36 @@ class WeightPatch:
         """Add the changes in place; return what puts every weight back bit for bit.
 
         Each change is computed in float32 on its weight's device and added
-        to the weight in float32, rounded once to the weight's dtype (fp16 on
-        a GPU).  A copy of each weight it touches is kept until ``restore``
-        copies it back: subtracting the change again would not give the
-        same bits."""
+        to the weight in float32, rounded once to the dtype the model runs
+        in (fp16 on a GPU).  A weight kept narrower than the model runs
+        (:mod:`.storage`: an fp16 file's on the CPU) is not changed: a wide
+        copy of it is, and ``restore`` puts the narrow one back.  Of any
+        other weight it touches a copy is kept until ``restore`` copies it
+        back: subtracting the change again would not give the same bits."""
         import torch
 
+        from sdflow_diffusion.models.storage import widen
+
         saved: list[tuple[Any, Any]] = []
+        undo: list[Callable[[], None]] = []
 
         def restore() -> None:
             with torch.no_grad():
                 for weight, original in reversed(saved):  # a weight changed twice ends as it began
                     weight.copy_(original)
+            for put_back in reversed(undo):
+                put_back()
 
         try:
             with torch.no_grad():
                 for index, path, delta in self.changes:
-                    weight = (module if index is None else module[index]).get_submodule(path).weight
-                    saved.append((weight, weight.detach().clone()))
+                    layer = (module if index is None else module[index]).get_submodule(path)
+                    widened = widen(layer, "weight")
+                    if widened is None:
+                        saved.append((layer.weight, layer.weight.detach().clone()))
+                    else:
+                        undo.append(widened)
+                    weight = layer.weight
                     change = delta.weight(weight.device, self.strength).reshape(weight.shape)
                     weight.copy_((weight.float() + change).to(weight.dtype))
         except BaseException:

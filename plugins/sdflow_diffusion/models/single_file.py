@@ -4,8 +4,9 @@ The header of a ``.safetensors`` (keys, shapes, metadata) is read first: it
 is enough to detect the family and to refuse a broken or unknown file before
 reading gigabytes.  Then each component is built from the family's shipped
 config with its parameters on the meta device (no memory), and the file's
-tensors are read one at a time into their place, in the run's dtype and on
-its device (:mod:`.tensor_file`): the weights exist once, never as a state
+tensors are read one at a time into their place, in the run's dtype (or,
+narrower, the file's: :mod:`.storage`) and on its device
+(:mod:`.tensor_file`): the weights exist once, never as a state
 dict beside the model, so a load's peak memory is the model's own size and
 one tensor more.  Where each tensor is in the file is the inverse of
 :mod:`.ldm_layout`'s layout; the result is what diffusers' own single-file
@@ -31,9 +32,11 @@ OTHER_HELP = ("load_checkpoint reads .safetensors files and diffusers folders "
 
 
 def load_single_file(path: Path, settings: DiffusionSettings, prediction: str, dtype: Any,
-                     device: Any = "cpu") -> tuple[dict[str, Any], Any]:
+                     device: Any = "cpu", keep_file_dtype: bool = False) -> tuple[dict[str, Any], Any]:
     """The components (on ``device``, in ``dtype``) and :class:`Family` of
-    the checkpoint file ``path``."""
+    the checkpoint file ``path``; with ``keep_file_dtype``, the U-Net's and
+    the text encoders' weights stay as the file stores them where that is
+    narrower, widened as they run (:mod:`.storage`)."""
     from sdflow_diffusion.models.architectures import kind_of_keys
     from sdflow_diffusion.models.families import detect, family_handle
 
@@ -48,7 +51,7 @@ def load_single_file(path: Path, settings: DiffusionSettings, prediction: str, d
     scheduler = {"rescale_betas_zero_snr": True} if "ztsnr" in shapes else {}
     family = family_handle(name, chosen, scheduler_overrides=scheduler)
     with tensors:
-        return convert(tensors, name, dtype, device, unet_config), family
+        return convert(tensors, name, dtype, device, unet_config, keep_file_dtype), family
 
 
 def check_single_file(path: Path, settings: DiffusionSettings) -> dict[str, Any] | None:
@@ -100,11 +103,12 @@ def resolve_prediction(prediction: str, keys: Any, metadata: dict[str, str], pat
 
 
 def convert(tensors: TensorFile | TensorDict, name: str, dtype: Any, device: Any = "cpu",
-            unet_config: dict[str, Any] | None = None) -> dict[str, Any]:
+            unet_config: dict[str, Any] | None = None, keep_file_dtype: bool = False) -> dict[str, Any]:
     """Components of family ``name`` from the original-layout ``tensors``,
     in ``dtype`` on ``device``; with ``unet_config`` (a distilled U-Net's,
     read off its shapes) the U-Net is built from it instead of the
-    family's."""
+    family's; ``keep_file_dtype``: see :func:`load_single_file` (never the
+    VAE's, see :mod:`.storage`)."""
     import diffusers
     import transformers
 
@@ -120,7 +124,8 @@ def convert(tensors: TensorFile | TensorDict, name: str, dtype: Any, device: Any
         with parameters_on_meta():
             models = {"unet": diffusers.UNet2DConditionModel.from_config(configs["unet"]),
                       "vae": diffusers.AutoencoderKL.from_config(configs["vae"])}
-        components = {"unet": fill(models["unet"], "unet", tensors, dtype, device, configs["unet"]),
+        components = {"unet": fill(models["unet"], "unet", tensors, dtype, device, configs["unet"],
+                                   keep_file_dtype=keep_file_dtype),
                       "vae": fill(models["vae"], "vae", tensors, vae_dtype(configs["vae"], dtype), device,
                                   configs["vae"])}
         for text_encoder in architecture(kind).text_encoders:
@@ -129,18 +134,23 @@ def convert(tensors: TensorFile | TensorDict, name: str, dtype: Any, device: Any
             config = model_class.config_class.from_pretrained(str(folder), subfolder=encoder, local_files_only=True)
             with parameters_on_meta():
                 model = model_class(config)
-            components[encoder] = fill(model, encoder, tensors, dtype, device, config.to_dict(), kind)
+            components[encoder] = fill(model, encoder, tensors, dtype, device, config.to_dict(), kind,
+                                       keep_file_dtype=keep_file_dtype)
             components[encoder.replace("text_encoder", "tokenizer")] = clip_tokenizer(text_encoder.pad)
     return components
 
 
 def fill(model: Any, part: str, tensors: TensorFile | TensorDict, dtype: Any, device: Any, config: Any,
-         kind: str | None = None, prefix: str | None = None, layout: str = "original"):
+         kind: str | None = None, prefix: str | None = None, layout: str = "original",
+         keep_file_dtype: bool = False):
     """``model`` (component ``part``, its parameters on the meta device)
     given each of its tensors from ``tensors``, read one at a time, in
-    ``dtype`` on ``device`` (see :func:`.ldm_layout.sources` for the other
+    ``dtype`` on ``device``, or with ``keep_file_dtype`` each parameter in
+    the file's dtype where that is narrower, the model then widening them as
+    it runs (:mod:`.storage`; see :func:`.ldm_layout.sources` for the other
     arguments)."""
     from sdflow_diffusion.models.ldm_layout import sources
+    from sdflow_diffusion.models.storage import compute_in, kept_dtype
 
     expected = model.state_dict()  # meta tensors: names and shapes only
     plan = sources(part, expected, config, kind, prefix, layout)
@@ -149,9 +159,12 @@ def fill(model: Any, part: str, tensors: TensorFile | TensorDict, dtype: Any, de
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
         raise StageError(f"'{tensors.name}' has no tensor '{missing[0]}'{more}, which the {part} needs",
                          help=BROKEN_HELP)
+    narrow = {name for name, _ in model.named_parameters()} if keep_file_dtype else set()  # buffers: dtype
     weights = {}
     for key, source in sorted(plan.items(), key=lambda item: tensors.position(item[1].key)):
-        value = tensors.tensor(source.key, dtype, device, source.rows)
+        stored = tensors.stored_dtype(source.key)
+        kept = kept_dtype(stored, dtype) if key in narrow and stored is not None else dtype
+        value = tensors.tensor(source.key, kept, device, source.rows)
         if source.transposed:
             value = value.T.contiguous()
         shape = expected[key].shape
@@ -162,7 +175,7 @@ def fill(model: Any, part: str, tensors: TensorFile | TensorDict, dtype: Any, de
             value = value.view(shape)  # 1x1 convolution <-> linear layer: unit dimensions only
         weights[key] = value
     model.load_state_dict(weights, strict=True, assign=True)
-    return model.eval()
+    return (compute_in(model, dtype) if narrow else model).eval()
 
 
 def _read_pickle(path: Path) -> dict[str, Any]:

@@ -11,7 +11,9 @@ device, and nothing else of the file stays in memory.
   file for an fp32 run, or a bf16 one for bf16, costs: nothing at load time.
   As with diffusers' and ComfyUI's own loading, the file must then not be
   rewritten in place while the model is in use (replacing it, as a download
-  or a copy to a new name and a rename do, is safe).
+  or a copy to a new name and a rename do, is safe).  So is an fp16 file's
+  U-Net for an fp32 run on the CPU, whose weights stay as the file stores
+  them (:mod:`.storage`, ``--weight-dtype file``).
 * Any other is read (``readinto``) into one staging buffer, the size of the
   file's largest tensor, allocated once (pinned for CUDA), and copied from
   there into a fresh tensor of the run's dtype on the run's device; ``copy_``
@@ -71,6 +73,12 @@ class TensorFile:
         """Where the tensor ``key`` starts in the file."""
         return self._entries[key]["data_offsets"][0]
 
+    def stored_dtype(self, key: str) -> Any:
+        """The torch dtype the file stores ``key`` in (None: one sdflow does not read)."""
+        import torch
+
+        return getattr(torch, DTYPES.get(self._entries[key]["dtype"], ""), None)
+
     def tensor(self, key: str, dtype: Any, device: Any, rows: tuple[int, int] | None = None) -> Any:
         """The tensor ``key`` (only its ``rows``, a range of its first
         dimension, when given) in ``dtype`` on ``device``: a view of the
@@ -78,7 +86,7 @@ class TensorFile:
         import torch
 
         entry = self._entries[key]
-        stored = getattr(torch, DTYPES.get(entry["dtype"], ""), None)
+        stored = self.stored_dtype(key)
         shape = list(entry["shape"])
         start, end = entry["data_offsets"]
         if stored is None:
@@ -143,6 +151,9 @@ class TensorDict:
 
     def position(self, key: str) -> int:
         return 0
+
+    def stored_dtype(self, key: str) -> Any:
+        return self._state[key].dtype
 
     def tensor(self, key: str, dtype: Any, device: Any, rows: tuple[int, int] | None = None) -> Any:
         value = self._state[key]
