@@ -9,9 +9,9 @@ and drops the wide copy when the call returns (:func:`compute_in`).  A layer
 then computes with exactly the weights a widened load would have held (a
 narrower float converts to a wider one exactly), so the images are the same
 to the last bit; the U-Net and the text encoders take half the memory; each
-call of a layer pays one conversion of its weights (on full-size SD 1.5 at
-256x256, about 8% of a U-Net pass on two cores, less at larger sizes:
-benchmarks/README.md).  On the CPU the narrow weights are not even copied:
+call of a layer pays one conversion of its weights (on full-size SD 1.5 on
+two cores, 0.4 s a step, 12% of a step at 256x256, a smaller share at larger
+sizes, and the load takes half the time: benchmarks/README.md, weight_dtype.py).  On the CPU the narrow weights are not even copied:
 they are views of the file's mapping (:mod:`.tensor_file`).
 
 ComfyUI's "manual cast" and diffusers' layerwise casting do the same for
