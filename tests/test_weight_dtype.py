@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 from sdflow.plugin import StageError
 from sdflow.registry import default_registry
 from sdflow.testing import Executor, run_recipe
+from sdflow_diffusion.models.controlnet import inspect_controlnet, load_controlnet
 from sdflow_diffusion.models.load import load_checkpoint
 from sdflow_diffusion.models.lora import lora_patch, read_lora
 from sdflow_diffusion.models.patches import applied
@@ -43,6 +44,9 @@ save_image(image=image, prefix="out")
 """
 LORA = ('lora = load_lora(model=ckpt.model, clip=ckpt.clip, name="lora.safetensors", strength_model=1.0, '
         'strength_clip=1.0)')
+CONTROL = ('hint = load_image(name="hint.png")\nnet = load_controlnet(name="control.safetensors")\n'
+           "cn = apply_controlnet(positive=positive, negative=negative, control_net=net, image=hint.image, "
+           "strength=1.0)\n")
 NARROW = ("unet", "text_encoder", "text_encoder_2")  # the parts kept as the file stores them; never the VAE
 
 
@@ -71,6 +75,20 @@ def lora_of(unet, clip_encoder) -> dict:
     return state
 
 
+def controlnet_of(unet) -> dict:
+    """A ControlNet copied from ``unet``, its hint encoder and zero convolutions random, in fp16."""
+    import diffusers
+
+    with torch.random.fork_rng(devices=[]):
+        net = diffusers.ControlNetModel.from_unet(unet)
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for key, param in sorted(net.named_parameters()):
+            if key.startswith(("controlnet_cond_embedding.", "controlnet_down_blocks.", "controlnet_mid_block.")):
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    return {key: value.half().contiguous() for key, value in net.state_dict().items()}
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
@@ -79,16 +97,25 @@ def models(tmp_path_factory):
     sd1 = tiny_components("sd1", seed=7)
     (root / "loras").mkdir()
     save_file(lora_of(sd1["unet"], sd1["text_encoder"]), str(root / "loras" / "lora.safetensors"))
+    (root / "controlnet").mkdir()
+    save_file(controlnet_of(sd1["unet"]), str(root / "controlnet" / "control.safetensors"))
+    hint = np.zeros((32, 32, 3), np.uint8)
+    hint[8:24, 4:14] = 255
+    Image.fromarray(hint).save(root / "hint.png")
     save_as(sd1, root / "checkpoints" / "sd1-fp8.safetensors", torch.float8_e4m3fn)
     return root
 
 
-def draw(models: Path, tmp_path: Path, weight_dtype: str, checkpoint: str, lora: bool = False) -> np.ndarray:
+def draw(models: Path, tmp_path: Path, weight_dtype: str, checkpoint: str, lora: bool = False,
+         control: bool = False) -> np.ndarray:
     text = RECIPE.format(checkpoint=checkpoint, lora=LORA if lora else "",
                          model="lora.model" if lora else "ckpt.model", clip="lora.clip" if lora else "ckpt.clip")
+    if control:
+        text = text.replace("latent = ", CONTROL + "latent = ").replace(
+            "positive=positive, negative=negative, latent", "positive=cn.positive, negative=cn.negative, latent")
     settings = {"diffusion": DiffusionSettings(device="cpu", models_dirs=(models,), weight_dtype=weight_dtype)}
-    out = tmp_path / f"{checkpoint}-{weight_dtype}-{lora}"
-    result = run_recipe(text, default_registry(), out, settings=settings, executor=Executor())
+    out = tmp_path / f"{checkpoint}-{weight_dtype}-{lora}-{control}"
+    result = run_recipe(text, default_registry(), out, settings=settings, executor=Executor(), recipe_dir=models)
     (png,) = [p for p in result.files if p.suffix == ".png"]
     with Image.open(png) as image:
         return np.asarray(image.convert("RGB"))
@@ -136,6 +163,17 @@ def test_a_lora_on_narrow_weights_draws_what_it_draws_on_wide_ones(models, tmp_p
     assert np.array_equal(with_lora, draw(models, tmp_path, "run", "sd1-fp16.safetensors", lora=True))
     without = draw(models, tmp_path, "file", "sd1-fp16.safetensors")
     assert np.abs(with_lora.astype(int) - without).mean() > 1  # the LoRA is not lost on the narrow weights
+
+
+def test_a_controlnet_kept_in_fp16_guides_as_a_widened_one_does(models, tmp_path):
+    guided = draw(models, tmp_path, "file", "sd1-fp16.safetensors", control=True)
+    assert np.array_equal(guided, draw(models, tmp_path, "run", "sd1-fp16.safetensors", control=True))
+    assert np.abs(guided.astype(int) - draw(models, tmp_path, "file", "sd1-fp16.safetensors")).mean() > 1
+    path = models / "controlnet" / "control.safetensors"
+    narrow, wide = (load_controlnet(inspect_controlnet(path, path.name), path.name,
+                                    DiffusionSettings(device="cpu", weight_dtype=which)) for which in ("file", "run"))
+    assert {p.dtype for p in narrow.net.parameters()} == {torch.float16} and narrow.dtype == torch.float32
+    assert nbytes(narrow.net) * 2 == nbytes(wide.net)
 
 
 # Half the memory ------------------------------------------------------------------------------

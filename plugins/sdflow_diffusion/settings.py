@@ -49,8 +49,8 @@ class DiffusionSettings(BaseModel):
         False, "decode and encode images larger than the VAE's own size (SD 1.5: 512 px, SDXL: 1024) in "
                "overlapping tiles: far less memory, other pixels (for big images on small cards)")
     weight_dtype: Literal["auto", "file", "run"] = setting(
-        "auto", "how a checkpoint's weights are kept in memory: file keeps an fp16, bf16 or fp8 file's U-Net and "
-                "text encoders so when --dtype is wider, each layer's weights converted as it runs (the same "
+        "auto", "how a checkpoint's weights are kept in memory: file keeps an fp16, bf16 or fp8 file's U-Net, "
+                "text encoders and ControlNets so when --dtype is wider, each layer's weights converted as it runs (the same "
                 "images, half the memory for an fp16 file run in fp32, a little slower); run converts them all "
                 "to --dtype as they load; auto is file on the CPU (without --compile), run elsewhere")
     lowvram: bool = setting(

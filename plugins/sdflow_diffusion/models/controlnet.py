@@ -200,6 +200,7 @@ def load_controlnet(checked: ControlNetFile, shown: str, settings) -> ControlNet
     from sdflow_diffusion.models.device import resolve_device
     from sdflow_diffusion.models.families import family_handle
     from sdflow_diffusion.models.run_options import storage_device
+    from sdflow_diffusion.models.storage import compute_in, keeps_file_dtype, kept_dtype
 
     device, dtype = resolve_device(settings)
     config = controlnet_config(checked)
@@ -216,9 +217,15 @@ def load_controlnet(checked: ControlNetFile, shown: str, settings) -> ControlNet
     state = {key.removeprefix(_PREFIX): value for key, value in load_file(str(checked.weights)).items()}
     if checked.layout == "original":
         state = to_diffusers(state, _unet_config(checked.family))
-    net.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
+    # As a checkpoint's U-Net: an fp16 file's weights stay fp16 in an fp32 run on the CPU (--weight-dtype)
+    narrow = {name for name, _ in net.named_parameters()} if keeps_file_dtype(settings, device) else set()
+    net.load_state_dict({k: v.to(kept_dtype(v.dtype, dtype) if k in narrow else dtype) for k, v in state.items()},
+                        strict=True, assign=True)
     with quiet():  # kept on the CPU with --lowvram: the sampler moves it while it runs
-        net = net.to(device=storage_device(settings, device), dtype=dtype).eval()
+        if narrow:
+            net = compute_in(net, dtype).to(device=storage_device(settings, device)).eval()
+        else:
+            net = net.to(device=storage_device(settings, device), dtype=dtype).eval()
     return ControlNetHandle(net, family_handle(checked.family), shown, device, dtype)
 
 

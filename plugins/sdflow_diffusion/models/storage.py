@@ -20,7 +20,8 @@ narrow parameters (not diffusers' own hooks, which skip norm layers and
 write each weight back to the storage dtype after every call); a module
 that reads a weight other than through its own call would see the narrow
 one, which is why the VAE, whose decoder reads its dtype off its first
-parameter, is always widened (it is small).  Code that changes weights in
+parameter, is always widened (it is small).  A ControlNet file's weights
+are kept as a checkpoint's U-Net's are (:mod:`.controlnet`).  Code that changes weights in
 place (a LoRA, :mod:`.patches`) first asks :func:`widen` for a wide weight
 to change, which keeps the narrow one untouched.
 
