@@ -1,8 +1,8 @@
-"""--weight-dtype: an fp16 (or fp8) checkpoint's U-Net and text encoders kept
-as the file stores them in an fp32 run, each layer's weights widened as it
-runs (the default on the CPU): the same images bit for bit as weights
-widened when they load, half the weights' memory, and a LoRA on top as exact
-as on wide weights, the narrow weights untouched by it."""
+"""--weight-dtype: an fp16 (or fp8) checkpoint's U-Net and text encoders, and
+a ControlNet's weights, kept as the file stores them in an fp32 run, each
+layer's weights widened as it runs (the default on the CPU): the same images
+bit for bit as weights widened when they load, half the weights' memory, and
+a LoRA on top as exact as on wide weights, the narrow weights untouched by it."""
 
 from __future__ import annotations
 
