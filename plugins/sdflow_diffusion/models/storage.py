@@ -110,10 +110,12 @@ def _wide(param: torch.nn.Parameter, dtype: torch.dtype) -> torch.nn.Parameter:
 
 def _widen_for_call(module: torch.nn.Module, args: Any) -> None:
     dtype = getattr(module, _RUNS_IN)
-    aside = [(name, param) for name, param in module._parameters.items() if _narrow(param, dtype)]
-    for name, param in aside:
-        module._parameters[name] = _wide(param, dtype)
-    getattr(module, _CALLS).append(aside)  # a list per call: a module may be called inside its own call
+    aside: list[tuple[str, Any]] = []
+    getattr(module, _CALLS).append(aside)  # a list per call (a module may be called inside its own call), kept
+    for name, param in list(module._parameters.items()):  # first: a widening that fails is put back too
+        if _narrow(param, dtype):
+            aside.append((name, param))
+            module._parameters[name] = _wide(param, dtype)
 
 
 def _narrow_after_call(module: torch.nn.Module, args: Any, output: Any) -> None:
