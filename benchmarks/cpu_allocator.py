@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 from cpu_dtype import machine, sd15_checkpoint  # sibling scripts: benchmarks/ is on sys.path
 from full_size import NEGATIVE, PROMPT, RECIPE
@@ -61,45 +62,52 @@ def main(argv: list[str] | None = None) -> dict:
         for work in args.only:
             command = _command(work, Path(folder), args.checkpoint)
             print(f"{work}: {args.rounds} rounds, glibc's defaults and sdflow's alternating", flush=True)
-            runs: dict[str, list[dict]] = {side: [] for side in SIDES}
-            for round_ in range(args.rounds):
-                for side in list(SIDES) if round_ % 2 == 0 else list(SIDES)[::-1]:
-                    run = _run(command(Path(folder) / f"{work}-{side}-{round_}"), SIDES[side])
-                    runs[side].append(run)
-                    print(f"  round {round_ + 1} {side}: " + ", ".join(f"{k} {v:g}" for k, v in run.items()),
-                          flush=True)
-            report[work] = {side: {key: round(statistics.median(r[key] for r in rows), 3) for key in rows[0]}
-                            for side, rows in runs.items()}
+            report[work] = alternate(list(SIDES), args.rounds, lambda side, round_: _run(
+                command(Path(folder) / f"{work}-{side}-{round_}"), SIDES[side]))
     report["load_after"] = os.getloadavg()
-    _print_table(report)
+    print_pairs(report, WORKS, "glibc", "sdflow")
     return report
+
+
+def alternate(sides: list[str], rounds: int, measure: Callable[[str, int], dict]) -> dict[str, dict]:
+    """``measure(side, round)`` of each side in each round, the side that
+    goes first alternating, each run printed; per side, the median of each figure."""
+    runs: dict[str, list[dict]] = {side: [] for side in sides}
+    for round_ in range(rounds):
+        for side in sides if round_ % 2 == 0 else sides[::-1]:
+            run = measure(side, round_)
+            runs[side].append(run)
+            print(f"  round {round_ + 1} {side}: " + ", ".join(f"{k} {v:g}" for k, v in run.items()), flush=True)
+    return {side: {key: round(statistics.median(r[key] for r in rows), 3) for key in rows[0]}
+            for side, rows in runs.items()}
 
 
 def _command(work: str, folder: Path, checkpoint: Path | None):
     if work == "unet":
         return lambda out: [sys.executable, __file__, "--worker", "unet", "32"]
-    recipe, extra = ROOT / "examples" / "txt2img.sdflow", []
+    return recipe_command(work, folder, checkpoint)
+
+
+def recipe_command(work: str, folder: Path, checkpoint: Path | None, *extra: str):
+    """``out -> argv`` of ``sdflow run --device cpu --json --profile`` for
+    ``work``: "recipe" (full_size.py's recipe at 256x256, 4 steps, on an
+    SD 1.5 file) or "tiny" (the default recipe); ``extra`` arguments appended."""
+    recipe = ROOT / "examples" / "txt2img.sdflow"
     if work == "recipe":
         recipe = folder / "full_size.sdflow"
         recipe.write_text(RECIPE.format(prompt=PROMPT, negative=NEGATIVE), encoding="utf-8")
-        extra = ["--set", f"checkpoint={checkpoint or sd15_checkpoint()}", "--set", "size=256", "--set", "steps=4"]
+        extra = ("--set", f"checkpoint={checkpoint or sd15_checkpoint()}", "--set", "size=256", "--set", "steps=4",
+                 *extra)
     return lambda out: [sys.executable, "-m", "sdflow.cli", "run", str(recipe), "--device", "cpu", "--json",
                         "--profile", "--output", str(out), *extra]
 
 
 def _run(command: list[str], env: dict[str, str]) -> dict:
     """One process: its seconds, its page faults, its peak RSS, and what it reports."""
-    base = {key: value for key, value in os.environ.items()
-            if not key.startswith("MALLOC_") and key != "GLIBC_TUNABLES"}
-    faults, start = resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt, time.perf_counter()
-    child = subprocess.run(command, capture_output=True, text=True, cwd=ROOT,
-                           env={**base, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), **env})
-    seconds = time.perf_counter() - start
-    if child.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{child.stderr[-3000:]}")
+    faults = resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt
+    seconds, events = run_process(command, env)
     result = {"process_s": round(seconds, 2),
               "faults": resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt - faults}  # children run one at a time
-    events = [json.loads(line) for line in child.stdout.splitlines() if line.startswith("{")]
     stages = {e["type"]: e for e in events if e.get("event") == "stage_done"}
     for name, key in (("sample", "sample_s"), ("vae_decode", "decode_s")):
         if name in stages:
@@ -110,6 +118,21 @@ def _run(command: list[str], env: dict[str, str]) -> dict:
         if event.get("event") == "unet":
             result.update({k: v for k, v in event.items() if k != "event"})
     return result
+
+
+def run_process(command: list[str], env: dict[str, str] | None = None) -> tuple[float, list[dict]]:
+    """``command`` as a fresh process, offline, with ``env`` over the
+    environment less any malloc setting of the caller's: its seconds and
+    the JSON events it printed (exits with its stderr if it fails)."""
+    base = {key: value for key, value in os.environ.items()
+            if not key.startswith("MALLOC_") and key != "GLIBC_TUNABLES"}
+    start = time.perf_counter()
+    child = subprocess.run(command, capture_output=True, text=True, cwd=ROOT,
+                           env={**base, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), **(env or {})})
+    seconds = time.perf_counter() - start
+    if child.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{child.stderr[-3000:]}")
+    return seconds, [json.loads(line) for line in child.stdout.splitlines() if line.startswith("{")]
 
 
 def _unet_worker(latent: int) -> dict:
@@ -139,18 +162,24 @@ def _unet_worker(latent: int) -> dict:
     return report
 
 
-def _print_table(report: dict) -> None:
+def print_pairs(report: dict, works: tuple[str, ...], base: str, other: str) -> None:
+    """The machine, then each work's medians of ``base`` and ``other`` side
+    by side with their ratio, then any other entry of the work's report."""
     m = report["machine"]
     print(f"\n{m['cpu']}, {m['cores']} cores; torch {m['torch']} ({m['torch_threads']} threads), Python "
           f"{m['python']}; load average {report['load_before'][0]:.1f} before, {report['load_after'][0]:.1f} after")
-    print(f"{'work':<7} {'figure':<16} {'glibc':>10} {'sdflow':>10} {'sdflow/glibc':>13}")
-    for work in WORKS:
+    ratio_name = f"{other}/{base}"
+    print(f"{'work':<7} {'figure':<16} {base:>10} {other:>10} {ratio_name:>13}")
+    for work in works:
         if work not in report:
             continue
-        glibc, ours = report[work]["glibc"], report[work]["sdflow"]
-        for key in glibc:
-            ratio = f"x{ours[key] / glibc[key]:.2f}" if glibc[key] else "-"
-            print(f"{work:<7} {key:<16} {glibc[key]:>10g} {ours[key]:>10g} {ratio:>13}")
+        first, second = report[work][base], report[work][other]
+        for key in first:
+            ratio = f"x{second[key] / first[key]:.2f}" if first[key] else "-"
+            print(f"{work:<7} {key:<16} {first[key]:>10g} {second[key]:>10g} {ratio:>13}")
+        for key, value in report[work].items():
+            if key not in (base, other):
+                print(f"{work:<7} {key}: {value}")
 
 
 if __name__ == "__main__":

@@ -21,22 +21,16 @@ Figures: benchmarks/README.md ("weight_dtype.py").
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from cpu_dtype import machine, sd15_checkpoint  # sibling scripts: benchmarks/ is on sys.path
-from full_size import NEGATIVE, PROMPT, RECIPE
+from cpu_allocator import alternate, print_pairs, recipe_command, run_process  # sibling scripts: benchmarks/ is on sys.path
+from cpu_dtype import machine
 
-ROOT = Path(__file__).resolve().parent.parent
 SIDES = ("run", "file")
 WORKS = ("recipe", "tiny")
 
@@ -51,46 +45,22 @@ def main(argv: list[str] | None = None) -> dict:
     report: dict = {"machine": machine(), "load_before": os.getloadavg()}
     with tempfile.TemporaryDirectory() as folder:
         for work in args.only:
-            command = _command(work, Path(folder), args.checkpoint)
+            sweep = ("--sweep", "seed=1,2") if work == "recipe" else ()
+            command = recipe_command(work, Path(folder), args.checkpoint, *sweep)
             print(f"{work}: {args.rounds} rounds, --weight-dtype run and file alternating", flush=True)
-            runs: dict[str, list[dict]] = {side: [] for side in SIDES}
-            images: dict[str, list[Path]] = {}
-            for round_ in range(args.rounds):
-                for side in SIDES if round_ % 2 == 0 else SIDES[::-1]:
-                    out = Path(folder) / f"{work}-{side}-{round_}"
-                    run = _run(command(out) + ["--weight-dtype", side])
-                    runs[side].append(run)
-                    images.setdefault(side, sorted(out.glob("*.png")))
-                    print(f"  round {round_ + 1} {side}: " + ", ".join(f"{k} {v:g}" for k, v in run.items()),
-                          flush=True)
-            report[work] = {side: {key: round(statistics.median(r[key] for r in rows), 3) for key in rows[0]}
-                            for side, rows in runs.items()}
-            report[work]["same_pixels"] = _same(images["run"], images["file"])
+            outputs = Path(folder) / work
+            report[work] = alternate(list(SIDES), args.rounds, lambda side, round_: _run(
+                command(outputs / f"{side}-{round_}") + ["--weight-dtype", side]))
+            report[work]["same pixels"] = _same(sorted(outputs.glob("run-0/*.png")),
+                                                sorted(outputs.glob("file-0/*.png")))
     report["load_after"] = os.getloadavg()
-    _print_table(report)
+    print_pairs(report, WORKS, "run", "file")
     return report
-
-
-def _command(work: str, folder: Path, checkpoint: Path | None):
-    recipe, extra = ROOT / "examples" / "txt2img.sdflow", []
-    if work == "recipe":
-        recipe = folder / "full_size.sdflow"
-        recipe.write_text(RECIPE.format(prompt=PROMPT, negative=NEGATIVE), encoding="utf-8")
-        extra = ["--set", f"checkpoint={checkpoint or sd15_checkpoint()}", "--set", "size=256", "--set", "steps=4",
-                 "--sweep", "seed=1,2"]
-    return lambda out: [sys.executable, "-m", "sdflow.cli", "run", str(recipe), "--device", "cpu", "--json",
-                        "--profile", "--output", str(out), *extra]
 
 
 def _run(command: list[str]) -> dict:
     """One process: its seconds, each stage's, its peak RSS."""
-    start = time.perf_counter()
-    child = subprocess.run(command, capture_output=True, text=True, cwd=ROOT,
-                           env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)})
-    seconds = time.perf_counter() - start
-    if child.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{child.stderr[-3000:]}")
-    events = [json.loads(line) for line in child.stdout.splitlines() if line.startswith("{")]
+    seconds, events = run_process(command)
     done = [e for e in events if e.get("event") == "stage_done" and not e.get("cached")]
     result = {"process_s": round(seconds, 2)}
     for name, key in (("load_checkpoint", "load"), ("sample", "sample"), ("vae_decode", "decode")):
@@ -106,21 +76,6 @@ def _same(ours: list[Path], theirs: list[Path]) -> bool:
             return np.asarray(image)
 
     return len(ours) == len(theirs) > 0 and all(np.array_equal(pixels(a), pixels(b)) for a, b in zip(ours, theirs))
-
-
-def _print_table(report: dict) -> None:
-    m = report["machine"]
-    print(f"\n{m['cpu']}, {m['cores']} cores; torch {m['torch']} ({m['torch_threads']} threads), Python "
-          f"{m['python']}; load average {report['load_before'][0]:.1f} before, {report['load_after'][0]:.1f} after")
-    print(f"{'work':<7} {'figure':<12} {'run':>10} {'file':>10} {'file/run':>9}")
-    for work in WORKS:
-        if work not in report:
-            continue
-        wide, narrow = report[work]["run"], report[work]["file"]
-        for key in wide:
-            ratio = f"x{narrow[key] / wide[key]:.2f}" if wide[key] else "-"
-            print(f"{work:<7} {key:<12} {wide[key]:>10g} {narrow[key]:>10g} {ratio:>9}")
-        print(f"{work:<7} same pixels: {report[work]['same_pixels']}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from sdflow.plugin import StageError
 from sdflow.registry import default_registry
 from sdflow.testing import Executor, RunError, run_recipe
+from sdflow_diffusion import testing
 from sdflow_diffusion.handles import Conditioning
 from sdflow_diffusion.models.controlnet import (Control, ControlNetHandle, _broadcast, inspect_controlnet,
                                                 load_controlnet)
@@ -60,15 +61,7 @@ def tiny(kind: str):
 def tiny_controlnet(kind: str, seed: int) -> diffusers.ControlNetModel:
     """A ControlNet copied from the tiny U-Net of ``kind``, its hint encoder and zero
     convolutions drawn from a generator seeded ``seed``."""
-    components, _ = tiny(kind)
-    with torch.random.fork_rng(devices=[]):
-        net = diffusers.ControlNetModel.from_unet(components["unet"])
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for key, param in sorted(net.named_parameters()):
-            if key.startswith(("controlnet_cond_embedding.", "controlnet_down_blocks.", "controlnet_mid_block.")):
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
-    return net.eval()
+    return testing.tiny_controlnet(tiny(kind)[0]["unet"], seed)
 
 
 def original_layout(net: diffusers.ControlNetModel, unet_config) -> dict[str, torch.Tensor]:

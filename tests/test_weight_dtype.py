@@ -24,7 +24,7 @@ from sdflow_diffusion.models.lora import lora_patch, read_lora
 from sdflow_diffusion.models.patches import applied
 from sdflow_diffusion.models.storage import compute_in, keeps_file_dtype, runs_in
 from sdflow_diffusion.settings import DiffusionSettings
-from sdflow_diffusion.testing import save_single_file, tiny_components
+from sdflow_diffusion.testing import save_single_file, tiny_components, tiny_controlnet
 
 from cli import ROOT, sdflow_cli
 
@@ -75,20 +75,6 @@ def lora_of(unet, clip_encoder) -> dict:
     return state
 
 
-def controlnet_of(unet) -> dict:
-    """A ControlNet copied from ``unet``, its hint encoder and zero convolutions random, in fp16."""
-    import diffusers
-
-    with torch.random.fork_rng(devices=[]):
-        net = diffusers.ControlNetModel.from_unet(unet)
-    generator = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for key, param in sorted(net.named_parameters()):
-            if key.startswith(("controlnet_cond_embedding.", "controlnet_down_blocks.", "controlnet_mid_block.")):
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
-    return {key: value.half().contiguous() for key, value in net.state_dict().items()}
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
@@ -98,7 +84,8 @@ def models(tmp_path_factory):
     (root / "loras").mkdir()
     save_file(lora_of(sd1["unet"], sd1["text_encoder"]), str(root / "loras" / "lora.safetensors"))
     (root / "controlnet").mkdir()
-    save_file(controlnet_of(sd1["unet"]), str(root / "controlnet" / "control.safetensors"))
+    control = {key: value.half().contiguous() for key, value in tiny_controlnet(sd1["unet"], 5).state_dict().items()}
+    save_file(control, str(root / "controlnet" / "control.safetensors"))
     hint = np.zeros((32, 32, 3), np.uint8)
     hint[8:24, 4:14] = 255
     Image.fromarray(hint).save(root / "hint.png")

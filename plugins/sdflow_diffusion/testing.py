@@ -120,6 +120,23 @@ def tiny_checkpoint(folder: Path, kind: Kind, layout: Literal["single", "diffuse
     raise ValueError(f"layout must be 'single' or 'diffusers', not {layout!r}")
 
 
+def tiny_controlnet(unet: Any, seed: int):
+    """A ControlNet copied from ``unet`` (a tiny model's), its hint encoder
+    and zero convolutions drawn from a generator seeded ``seed`` (a copied
+    ControlNet's zero convolutions would add nothing)."""
+    import diffusers
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        net = diffusers.ControlNetModel.from_unet(unet)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for key, param in sorted(net.named_parameters()):
+            if key.startswith(("controlnet_cond_embedding.", "controlnet_down_blocks.", "controlnet_mid_block.")):
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    return net.eval()
+
+
 def tiny_handles(kind: Kind, seed: int = 0, components: dict[str, Any] | None = None):
     """(ModelHandle, ClipHandle, VaeHandle) around tiny components, on the CPU
     in float32: what load_checkpoint gives, for testing a stage's numerics
